@@ -1,0 +1,118 @@
+"""Box spaces: the coordinates in which noise is drawn and gradient steps are taken.
+
+A space maps native boxes to a vector ``y`` relative to a reference box and back. Every space
+has the same three methods, so the noise, the losses and the refiner never special-case the
+box type:
+
+- ``encode(boxes, ref) -> y``
+- ``decode(y, ref) -> boxes``
+- ``project(y) -> y``: puts a vector back on the valid set (wraps yaw); a no-op when nothing
+  needs it.
+"""
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def wrap_angle(angle: Tensor) -> Tensor:
+    """Wrap angles to [-pi, pi)."""
+    return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
+
+
+def check_finite(boxes: Tensor, name: str = 'boxes') -> None:
+    """Raise ValueError when any coordinate is NaN or inf (one host sync)."""
+    if boxes.numel() and not bool(torch.isfinite(boxes).all()):
+        bad = (~torch.isfinite(boxes)).any(-1).nonzero().flatten()[:5].tolist()
+        raise ValueError(f'{name} contain NaN or inf (first bad rows: {bad})')
+
+
+class IdentitySpace:
+    """y = box. Used for generic regression targets (1-D toys, head pose, NARX)."""
+
+    dim: Optional[int] = None
+    periodic_dims: Sequence[int] = ()
+
+    def encode(self, boxes: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+        return boxes
+
+    def decode(self, y: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+        return y
+
+    def project(self, y: Tensor) -> Tensor:
+        return y
+
+
+class RelativeBox2DSpace(IdentitySpace):
+    """(x1, y1, x2, y2) <-> (cx / w0, cy / h0, log w, log h), as in the ECCV/BMVC papers.
+
+    ``ref``: Tensor (..., 4) reference boxes (x1, y1, x2, y2) whose width and height (w0, h0)
+    normalise the centre: the GT box in training, the initial box at prediction. ``boxes`` and
+    ``ref`` broadcast against each other, so (N, M, 4) samples can share (N, 1, 4) references.
+    Boxes of zero or negative size have no log-size and raise ValueError.
+    """
+
+    dim = 4
+
+    @staticmethod
+    def _ref_size(ref: Tensor) -> Tensor:
+        return (ref[..., 2:] - ref[..., :2])
+
+    def encode(self, boxes: Tensor, ref: Tensor) -> Tensor:
+        wh = boxes[..., 2:] - boxes[..., :2]
+        ref_wh = self._ref_size(ref)
+        if wh.numel() and not bool((wh > 0).all() & (ref_wh > 0).all()):
+            raise ValueError('RelativeBox2DSpace needs boxes with positive width and height; '
+                             'filter zero-area boxes before encoding')
+        ctr = (boxes[..., :2] + boxes[..., 2:]) * 0.5
+        return torch.cat([ctr / ref_wh, wh.log()], dim=-1)
+
+    def decode(self, y: Tensor, ref: Tensor) -> Tensor:
+        ctr = y[..., :2] * self._ref_size(ref)
+        half = y[..., 2:].exp() * 0.5
+        return torch.cat([ctr - half, ctr + half], dim=-1)
+
+
+class Box3DSpace(IdentitySpace):
+    """7-D LiDAR boxes (x, y, z, l, w, h, yaw), the last dimension wrapped to [-pi, pi).
+
+    ``normalized=False`` (the paper's): y is the box itself, in metres and radians; ``project``
+    wraps yaw and keeps sizes >= ``min_size``.
+    ``normalized=True``: y = ((x - xr) / dr, (y - yr) / dr, (z - zr) / hr, log l, log w, log h,
+    yaw) for a reference box r with BEV diagonal dr = sqrt(lr^2 + wr^2), the SECOND residual
+    encoding; sizes are positive by construction.
+    """
+
+    dim = 7
+    periodic_dims = (6, )
+
+    def __init__(self, normalized: bool = False, min_size: float = 0.05) -> None:
+        self.normalized = normalized
+        self.min_size = min_size
+
+    def encode(self, boxes: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+        yaw = wrap_angle(boxes[..., 6:7])
+        if not self.normalized:
+            return torch.cat([boxes[..., :6], yaw], dim=-1)
+        if boxes[..., 3:6].numel() and not bool((boxes[..., 3:6] > 0).all()):
+            raise ValueError('Box3DSpace(normalized=True) needs positive box sizes')
+        scale = self._scale(ref)
+        return torch.cat([(boxes[..., :3] - ref[..., :3]) / scale, boxes[..., 3:6].log(), yaw], -1)
+
+    def decode(self, y: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+        if not self.normalized:
+            return y
+        return torch.cat([y[..., :3] * self._scale(ref) + ref[..., :3], y[..., 3:6].exp(), y[..., 6:]],
+                         dim=-1)
+
+    def project(self, y: Tensor) -> Tensor:
+        yaw = wrap_angle(y[..., 6:7])
+        if self.normalized:
+            return torch.cat([y[..., :6], yaw], dim=-1)
+        return torch.cat([y[..., :3], y[..., 3:6].clamp(min=self.min_size), yaw], dim=-1)
+
+    @staticmethod
+    def _scale(ref: Tensor) -> Tensor:
+        diag = torch.sqrt(ref[..., 3:4]**2 + ref[..., 4:5]**2)
+        return torch.cat([diag, diag, ref[..., 5:6]], dim=-1)

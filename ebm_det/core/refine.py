@@ -1,0 +1,105 @@
+"""Batched gradient-ascent refinement of boxes on a learned score f(x, y)."""
+from typing import Callable, NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .box_spaces import IdentitySpace, check_finite
+
+# score_fn(boxes (n, D), index (n,)) -> scores (n,). ``index`` gives each row's position in the
+# caller's full box list, so the caller can look up per-box context (image, FPN level, class).
+IndexedScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class RefineResult(NamedTuple):
+    boxes: Tensor  # (N, D) refined boxes, in the input dtype
+    scores: Tensor  # (N,) f at the refined boxes
+    init_scores: Tensor  # (N,) f at the input boxes
+    steps: int  # steps actually run (< num_steps when every box converged)
+
+
+def _score_and_grad(score_fn: IndexedScoreFn, space, y: Tensor, ref: Optional[Tensor],
+                    index: Tensor):
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        scores = score_fn(space.decode(y, ref), index).float()
+        # Gradients w.r.t. the boxes only: parameters' .grad stay untouched.
+        grad, = torch.autograd.grad(scores.sum(), y)
+    return scores.detach(), grad
+
+
+def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
+                              boxes: Tensor,
+                              step_sizes: Union[float, Sequence[float], Tensor],
+                              num_steps: int = 10,
+                              decay: float = 0.5,
+                              space=None,
+                              ref: Optional[Tensor] = None,
+                              tol: float = 0.0,
+                              chunk_size: Optional[int] = None) -> RefineResult:
+    """T steps of y <- y + lambda * grad_y f in ``space``, for every box at once.
+
+    A box whose score would drop keeps its previous value and multiplies its own lambda by
+    ``decay`` (eta), so no box's score ever decreases. Non-finite scores count as drops.
+
+    Args:
+        score_fn: (boxes (n, D), index (n,)) -> (n,) scores; differentiable in the boxes. It is
+            called inside ``torch.enable_grad()``, so this works when the caller is under
+            ``torch.no_grad()``; only the boxes get gradients.
+        boxes: (N, D) native boxes (finite, else ValueError). Half-precision boxes are refined in
+            float32 and returned in their dtype.
+        step_sizes: lambda per dimension of the space: a float, a (D,) sequence, or (N, D).
+        num_steps: T.
+        decay: eta.
+        space: a box space (``box_spaces``); the identity when None.
+        ref: reference boxes for the space, (N, D'); the initial boxes when None.
+        tol: a box has converged once its proposed step is below ``tol`` in every dimension
+            (max |lambda * grad|); converged boxes leave the active set and the loop stops when
+            none is active. 0 disables it (exactly T steps).
+        chunk_size: refine at most this many boxes at a time, bounding memory for huge inputs.
+    Returns:
+        RefineResult(boxes, scores, init_scores, steps).
+    """
+    space = space or IdentitySpace()
+    check_finite(boxes)
+    n = boxes.shape[0]
+    if chunk_size is not None and n > chunk_size:
+        parts = [
+            refine_by_gradient_ascent(
+                lambda b, i, s=start: score_fn(b, i + s), boxes[start:start + chunk_size], step_sizes,
+                num_steps, decay, space, None if ref is None else ref[start:start + chunk_size], tol)
+            for start in range(0, n, chunk_size)
+        ]
+        return RefineResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ('boxes', 'scores', 'init_scores')),
+                            steps=max(p.steps for p in parts))
+    work = boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes
+    ref = (work if ref is None else ref.to(work.dtype)).detach()
+    y = space.encode(work.detach(), ref)
+    lam = torch.as_tensor(step_sizes, dtype=y.dtype, device=y.device).expand_as(y).clone()
+    index = torch.arange(n, device=y.device)
+    if n == 0:
+        empty = y.new_zeros(0)
+        return RefineResult(boxes.clone(), empty, empty, 0)
+
+    scores, grad = _score_and_grad(score_fn, space, y, ref, index)
+    init_scores = scores.clone()
+    active = index  # rows still refining
+    steps = 0
+    for steps in range(1, num_steps + 1):
+        ya, ra = y[active], None if ref is None else ref[active]
+        step = lam[active] * grad[active]
+        cand = space.project(ya + step)
+        cand_scores, cand_grad = _score_and_grad(score_fn, space, cand, ra, active)
+        better = cand_scores >= scores[active]  # False for NaN
+        keep = better[:, None]
+        y[active] = torch.where(keep, cand, ya)
+        scores[active] = torch.where(better, cand_scores, scores[active])
+        grad[active] = torch.where(keep, cand_grad, grad[active])
+        lam[active] = torch.where(keep, lam[active], lam[active] * decay)
+        if tol > 0:
+            moving = (lam[active] * grad[active]).abs().amax(-1) >= tol
+            active = active[moving]  # one host sync per step, never per box
+            if active.numel() == 0:
+                break
+    out = space.decode(space.project(y), ref).to(boxes.dtype)
+    return RefineResult(out.detach(), scores, init_scores, steps)
