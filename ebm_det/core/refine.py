@@ -22,7 +22,10 @@ def _score_and_grad(score_fn: IndexedScoreFn, space, y: Tensor, ref: Optional[Te
                     index: Tensor):
     with torch.enable_grad():
         y = y.detach().requires_grad_(True)
-        scores = score_fn(space.decode(y, ref), index).float()
+        scores = score_fn(space.decode(y, ref), index)
+        # at least float32 (half-precision scores are too coarse to compare), but float64 scores
+        # stay float64: rounding them to float32 would let a box's true score drop by an ulp
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
         # Gradients w.r.t. the boxes only: parameters' .grad stay untouched.
         grad, = torch.autograd.grad(scores.sum(), y)
     return scores.detach(), grad
@@ -64,17 +67,22 @@ def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
     check_finite(boxes)
     n = boxes.shape[0]
     if chunk_size is not None and n > chunk_size:
+        # (N, D) per-box step sizes are sliced with their boxes; shared ones pass through
+        lam_all = torch.as_tensor(step_sizes, dtype=torch.float64)
+        per_box = lam_all.dim() == 2 and lam_all.shape[0] == n
         parts = [
             refine_by_gradient_ascent(
-                lambda b, i, s=start: score_fn(b, i + s), boxes[start:start + chunk_size], step_sizes,
-                num_steps, decay, space, None if ref is None else ref[start:start + chunk_size], tol)
+                lambda b, i, s=start: score_fn(b, i + s), boxes[start:start + chunk_size],
+                lam_all[start:start + chunk_size] if per_box else step_sizes, num_steps, decay, space,
+                None if ref is None else ref[start:start + chunk_size], tol)
             for start in range(0, n, chunk_size)
         ]
         return RefineResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ('boxes', 'scores', 'init_scores')),
                             steps=max(p.steps for p in parts))
     work = boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes
     ref = (work if ref is None else ref.to(work.dtype)).detach()
-    y = space.encode(work.detach(), ref)
+    # clone: IdentitySpace.encode returns its input, which the loop below updates in place
+    y = space.encode(work.detach(), ref).clone()
     lam = torch.as_tensor(step_sizes, dtype=y.dtype, device=y.device).expand_as(y).clone()
     index = torch.arange(n, device=y.device)
     if n == 0:
