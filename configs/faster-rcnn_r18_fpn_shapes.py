@@ -1,0 +1,32 @@
+# CPU scale: a small Faster R-CNN trained from scratch on the generated shapes. Its boxes are
+# what the EBM refines in faster-rcnn_r18_fpn_ebm-nceplus_shapes.py.
+_base_ = [
+    'mmdet::_base_/models/faster-rcnn_r50_fpn.py', './_base_/shapes_detection.py',
+    'mmdet::_base_/default_runtime.py'
+]
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    backbone=dict(depth=18, norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=128),
+    rpn_head=dict(in_channels=128, feat_channels=128,
+                  anchor_generator=dict(scales=[4], strides=[4, 8, 16, 32, 64])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=128),
+        bbox_head=dict(in_channels=128, fc_out_channels=512, num_classes=5)),
+    test_cfg=dict(rcnn=dict(max_per_img=100)))
+
+max_iters = 1500
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
+         milestones=[int(max_iters * 0.75), int(max_iters * 0.9)], gamma=0.1)
+]
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
+                     clip_grad=dict(max_norm=10.0))
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=20),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(by_epoch=False)

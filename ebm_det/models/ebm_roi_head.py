@@ -1,0 +1,82 @@
+"""A StandardRoIHead that trains and applies an EBM box head (the Faster R-CNN family)."""
+from typing import List, Tuple
+
+import torch
+from mmcv.ops import batched_nms
+from mmdet.models.roi_heads import StandardRoIHead
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox_overlaps, scale_boxes
+from mmdet.utils import ConfigType, InstanceList
+from torch import Tensor
+
+from .refine_detector import refine_instances
+
+
+@MODELS.register_module()
+class EBMRoIHead(StandardRoIHead):
+    """StandardRoIHead + ``EBMBoxHead``: the EBM loss on samples around each GT box in training,
+    and refinement of the final boxes in prediction.
+
+    Args:
+        ebm_head: config of an ``EBMBoxHead``.
+        ebm_test_cfg: refinement settings, as ``EBMRefineDetector``'s ``test_cfg``, plus
+            ``nms_by_ebm`` (False): the paper's order, in which the per-class boxes before NMS are
+            suppressed ranked by f (IoU ``nms_iou``, 0.5), each kept box taking the maximum class
+            score of its cluster, and only then refined.
+        **kwargs: StandardRoIHead's arguments.
+    """
+
+    def __init__(self, ebm_head: ConfigType, ebm_test_cfg: dict = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ebm_head = MODELS.build(ebm_head)
+        self.ebm_test_cfg = dict(nms_by_ebm=False, nms_iou=0.5)
+        self.ebm_test_cfg.update(ebm_test_cfg or {})
+
+    def loss(self, x: Tuple[Tensor], rpn_results_list: InstanceList, batch_data_samples: SampleList) -> dict:
+        losses = super().loss(x, rpn_results_list, batch_data_samples)
+        losses.update(self.ebm_head.loss(x, [s.gt_instances.bboxes for s in batch_data_samples],
+                                         [s.gt_instances.labels for s in batch_data_samples]))
+        return losses
+
+    def predict_bbox(self, x: Tuple[Tensor], batch_img_metas: List[dict], rpn_results_list: InstanceList,
+                     rcnn_test_cfg: ConfigType, rescale: bool = False) -> InstanceList:
+        if self.ebm_test_cfg['nms_by_ebm']:
+            raw = super().predict_bbox(x, batch_img_metas, rpn_results_list, None, rescale=False)
+            results = [self._nms_by_ebm(x, r, i, rcnn_test_cfg) for i, r in enumerate(raw)]
+        else:
+            results = super().predict_bbox(x, batch_img_metas, rpn_results_list, rcnn_test_cfg, rescale=False)
+        cfg = dict(self.ebm_test_cfg)
+        if cfg.pop('enabled', True):
+            refine_instances(self.ebm_head, x, results, batch_img_metas, scale_factors=None, cfg=cfg)
+        if rescale:
+            for r, meta in zip(results, batch_img_metas):
+                inv = [1 / s for s in meta['scale_factor']]
+                for key in ('bboxes', 'bboxes_init'):
+                    if key in r:
+                        setattr(r, key, scale_boxes(getattr(r, key), inv))
+        return results
+
+    def _nms_by_ebm(self, x, raw, img_id: int, rcnn_test_cfg):
+        """Per-class candidates -> NMS ranked by f -> each kept box takes its cluster's maximum
+        class score (the official ebms_regression order)."""
+        num_classes = self.bbox_head.num_classes
+        boxes = raw.bboxes.reshape(len(raw), -1, 4)
+        if boxes.shape[1] == 1:  # class-agnostic regression
+            boxes = boxes.expand(-1, num_classes, -1)
+        scores = raw.scores[:, :num_classes]
+        keep = scores > rcnn_test_cfg.score_thr
+        cand, cls_scores = boxes[keep], scores[keep]
+        labels = keep.nonzero()[:, 1]
+        feats = self.ebm_head.prepare_features(x)
+        with torch.no_grad():
+            f = self.ebm_head.score(feats, cand, torch.full_like(labels, img_id), self.ebm_head.map_levels(cand),
+                                    labels)
+        _, kept = batched_nms(cand, f, labels, dict(type='nms', iou_threshold=self.ebm_test_cfg['nms_iou']))
+        kept = kept[:rcnn_test_cfg.max_per_img]
+        iou = bbox_overlaps(cand[kept], cand)
+        same = (labels[kept][:, None] == labels[None]) & (iou > self.ebm_test_cfg['nms_iou'])
+        cluster_max = torch.where(same, cls_scores[None], torch.zeros_like(iou)).amax(1)
+        out = raw.__class__()
+        out.bboxes, out.scores, out.labels = cand[kept], torch.maximum(cluster_max, cls_scores[kept]), labels[kept]
+        return out

@@ -1,0 +1,54 @@
+"""Shared fixtures: generated data (the project's own generators) and tiny config overrides."""
+import importlib.util
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool(rel_path: str):
+    """Import a script under tools/ (not a package) by its path."""
+    path = ROOT / rel_path
+    name = path.stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='session')
+def shapes_root(tmp_path_factory) -> Path:
+    """A small generated COCO-format shapes set: 8 train and 4 val images of 256 px."""
+    gen = load_tool('tools/data/generate_coco_shapes.py')
+    out = tmp_path_factory.mktemp('shapes')
+    gen.generate(out, 8, 'train', size=256, seed=0)
+    gen.generate(out, 4, 'val', size=256, seed=1)
+    return out
+
+
+def tiny_shapes_config(tmp_path: Path, base: str, data_root: Path, max_iters: int = 2, extra: str = '') -> Path:
+    """Write a config inheriting ``configs/<base>`` that runs a few iterations on ``data_root``."""
+    ann = f'{data_root}/annotations/instances_val.json'
+    evaluator = "dict(type='CocoMetric', ann_file=ann, metric='bbox')"
+    if 'ebm' in base:
+        evaluator = f"[{evaluator}, dict(type='InitialPredictionMetric', metric={evaluator})]"
+    text = f"""
+    _base_ = ['{ROOT}/configs/{base}']
+    ann = '{ann}'
+    train_dataloader = dict(batch_size=2, dataset=dict(data_root='{data_root}/'))
+    val_dataloader = dict(dataset=dict(data_root='{data_root}/'))
+    test_dataloader = val_dataloader
+    val_evaluator = {evaluator}
+    test_evaluator = val_evaluator
+    train_cfg = dict(max_iters={max_iters}, val_interval={max_iters})
+    default_hooks = dict(checkpoint=dict(interval={max_iters}), logger=dict(interval=1))
+    """
+    path = tmp_path / f'tiny_{Path(base).stem}.py'
+    path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
+    return path

@@ -1,0 +1,176 @@
+"""The mmdet layer: registration, EBMBoxHead, EBMRefineDetector through the mmengine Runner."""
+import subprocess
+import sys
+import uuid
+
+import pytest
+import torch
+
+from conftest import ROOT, tiny_shapes_config
+
+mmdet = pytest.importorskip('mmdet')
+import ebm_det  # noqa: E402,F401
+from ebm_det.evaluation import swap_initial_fields  # noqa: E402
+from ebm_det.models import EBMBoxHead  # noqa: E402
+from ebm_det.models.refine_detector import select_for_refinement  # noqa: E402
+
+METHODS = ['nce_plus', 'nce', 'ml_is', 'kld_is', 'dsm', 'ml_mcmc']
+
+
+def test_import_registers_in_mmdet_registries():
+    code = ('import ebm_det; from mmdet.registry import MODELS, METRICS; '
+            "assert MODELS.get('EBMBoxHead') is not None; assert MODELS.get('EBMRefineDetector') is not None; "
+            "assert METRICS.get('InitialPredictionMetric') is not None; print('ok')")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == 'ok', out.stderr
+
+
+def _head(method='nce_plus', num_samples=8, **kw):
+    head = EBMBoxHead(num_classes=3, in_channels=8, fc_channels=32, featmap_strides=[4, 8],
+                      loss=dict(method=method, sigmas=[[0.075] * 4, [0.15] * 4, [0.3] * 4], num_samples=num_samples),
+                      **kw)
+    head.init_weights()
+    return head
+
+
+def _feats(batch=2):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, 8, 32, 32, generator=g), torch.randn(batch, 8, 16, 16, generator=g)]
+
+
+GT = [torch.tensor([[10., 12., 60., 50.], [30., 30., 100., 120.]]), torch.tensor([[5., 5., 40., 70.]])]
+LABELS = [torch.tensor([0, 2]), torch.tensor([1])]
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_head_loss_every_method_trains(method):
+    torch.manual_seed(0)
+    head = _head(method)
+    loss = head.loss(_feats(), GT, LABELS)['loss_ebm']
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in head.fcs.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_head_loss_reads_gt_class_and_skips_degenerate_boxes():
+    torch.manual_seed(0)
+    head = _head(reduced_channels=4)
+    degenerate = [torch.tensor([[10., 10., 10.5, 40.]]), torch.zeros(0, 4)]
+    loss = head.loss(_feats(), degenerate, [torch.tensor([0]), torch.zeros(0, dtype=torch.long)])['loss_ebm']
+    assert loss.item() == 0.0  # nothing valid: a zero that still reaches every parameter
+    loss.backward()
+    assert head.reduce.weight.grad is not None
+    # only the GT class's output carries the loss
+    head.zero_grad()
+    head.loss(_feats(), [GT[0][:1], GT[1][:0]], [torch.tensor([2]), torch.zeros(0, dtype=torch.long)])['loss_ebm'].backward()
+    row_grad = head.fc_score.weight.grad.abs().sum(1)
+    assert row_grad[2] > 0 and row_grad[0] == 0 and row_grad[1] == 0
+
+
+def test_head_refine_raises_scores_without_parameter_grads():
+    torch.manual_seed(0)
+    head = _head()
+    feats = _feats()
+    boxes = torch.cat(GT)
+    with torch.no_grad():
+        res = head.refine(feats, boxes, torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]),
+                          torch.tensor([[128, 128], [128, 128]]), step_sizes=(0.05, 0.05, 0.1, 0.1))
+    assert (res.scores >= res.init_scores).all() and (res.scores > res.init_scores).any()
+    assert not torch.equal(res.boxes, boxes)
+    assert (res.boxes >= 0).all() and (res.boxes <= 128).all()
+    assert all(p.grad is None for p in head.parameters())
+
+
+def test_head_refine_empty():
+    head = _head()
+    res = head.refine(_feats(), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                      torch.tensor([[128, 128], [128, 128]]))
+    assert res.boxes.shape == (0, 4) and res.scores.shape == (0, )
+
+
+def test_select_for_refinement_exact():
+    scores = torch.tensor([0.9, 0.2, 0.8, 0.7, 0.95, 0.5])
+    boxes = torch.tensor([[0, 0, 10, 10]] * 6, dtype=torch.float)
+    boxes[5, 2] = float('nan')
+    batch_idx = torch.tensor([0, 0, 0, 1, 1, 1])
+    sel = select_for_refinement(scores, boxes, batch_idx, 2, score_thr=0.3, max_per_img=2, min_size=0.01)
+    assert sel.tolist() == [True, False, True, True, True, False]
+    boxes[0, 2] = 0.0  # zero width
+    sel = select_for_refinement(scores, boxes, batch_idx, 2, score_thr=0.0, max_per_img=1, min_size=0.01)
+    assert sel.tolist() == [False, False, True, False, True, False]
+
+
+def test_swap_initial_fields():
+    sample = dict(img_id=3, pred_instances=dict(bboxes=1, bboxes_init=2, scores=3, scores_init=4, labels=5))
+    out = swap_initial_fields(sample)
+    assert out['pred_instances'] == dict(bboxes=2, scores=4, labels=5)
+    assert sample['pred_instances']['bboxes'] == 1  # input untouched
+
+
+def _run(cfg_path, work_dir, checkpoint=None, test=False, **options):
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(str(cfg_path))
+    cfg.work_dir = str(work_dir)
+    cfg.experiment_name = uuid.uuid4().hex  # several runners in one process
+    cfg.merge_from_dict(options)
+    if checkpoint:
+        cfg.load_from = str(checkpoint)
+    runner = Runner.from_cfg(cfg)
+    return runner.test() if test else runner.train()
+
+
+def _last_checkpoint(work_dir):
+    return (work_dir / 'last_checkpoint').read_text().strip()
+
+
+@pytest.fixture(scope='module')
+def trained(shapes_root, tmp_path_factory):
+    """A detector trained 2 iterations, then an EBM head trained 3 iterations on it."""
+    tmp = tmp_path_factory.mktemp('runner')
+    det_cfg = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_shapes.py', shapes_root, max_iters=2)
+    _run(det_cfg, tmp / 'det')
+    det_ckpt = _last_checkpoint(tmp / 'det')
+    ebm_cfg = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root, max_iters=3,
+                                 extra=f"model = dict(detector_checkpoint='{det_ckpt}')\n")
+    _run(ebm_cfg, tmp / 'ebm')
+    return dict(tmp=tmp, det_ckpt=det_ckpt, ebm_cfg=ebm_cfg, ebm_ckpt=_last_checkpoint(tmp / 'ebm'))
+
+
+def test_runner_train_freezes_detector_and_tests_before_after(trained):
+    state = torch.load(trained['ebm_ckpt'], map_location='cpu', weights_only=True)['state_dict']
+    det_state = torch.load(trained['det_ckpt'], map_location='cpu', weights_only=True)['state_dict']
+    for k, v in det_state.items():  # the frozen detector is exactly the loaded one
+        assert torch.equal(state['detector.' + k], v), k
+    metrics = _run(trained['ebm_cfg'], trained['tmp'] / 'test', trained['ebm_ckpt'], test=True)
+    for name in ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l'):
+        assert f'coco/{name}' in metrics and f'coco_init/{name}' in metrics
+    # with refinement off, the two reports are the same boxes
+    same = _run(trained['ebm_cfg'], trained['tmp'] / 'test_off', trained['ebm_ckpt'], test=True,
+                **{'model.test_cfg.enabled': False})
+    assert same['coco/bbox_mAP'] == same['coco_init/bbox_mAP']
+
+
+def test_runner_resume_under_weights_only(trained, shapes_root):
+    """mmengine's resume goes through torch.load's weights_only default (torch >= 2.6)."""
+    tmp = trained['tmp']
+    cfg = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root, max_iters=4,
+                             extra=f"model = dict(detector_checkpoint='{trained['det_ckpt']}')\n")
+    import shutil
+    shutil.copytree(tmp / 'ebm', tmp / 'resume')
+    _run(cfg, tmp / 'resume', resume=True)
+    assert _last_checkpoint(tmp / 'resume').endswith('iter_4.pth')
+
+
+def test_mmdet_own_train_tool_runs_our_config(trained, shapes_root, tmp_path):
+    """MMDetection's tools/train.py, unchanged, trains our config through custom_imports."""
+    from pathlib import Path
+    mmdet_train = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py'
+    cfg = tiny_shapes_config(tmp_path, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root, max_iters=1,
+                             extra=f"model = dict(detector_checkpoint='{trained['det_ckpt']}')\n")
+    out = subprocess.run([sys.executable, str(mmdet_train), str(cfg), '--work-dir', str(tmp_path / 'wd')],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / 'wd' / 'iter_1.pth').exists()
