@@ -24,13 +24,12 @@ def capture_features(module: torch.nn.Module) -> list:
     return store
 
 
-def select_for_refinement(scores: Tensor, boxes: Tensor, batch_idx: Tensor, num_images: int,
-                          score_thr: float, max_per_img: int, min_size: float) -> Tensor:
-    """(N,) bool: the boxes that get refined. Boxes below ``score_thr``, beyond the
-    ``max_per_img`` best of their image, non-finite, or under ``min_size`` px are kept as the
-    detector gave them (documented behaviour, never an error in predict)."""
-    ok = (scores >= score_thr) & torch.isfinite(boxes).all(-1) \
-        & ((boxes[:, 2:] - boxes[:, :2]) > min_size).all(-1)
+def select_for_refinement(scores: Tensor, valid: Tensor, batch_idx: Tensor, num_images: int, score_thr: float,
+                          max_per_img: int) -> Tensor:
+    """(N,) bool: the boxes that get refined: ``valid`` ones scoring at least ``score_thr``,
+    at most the ``max_per_img`` best of each image. The rest are kept as the detector gave them
+    (documented behaviour, never an error in predict)."""
+    ok = valid & (scores >= score_thr)
     # rank the eligible boxes of each image by score, vectorised: sort by (image, not ok, -score)
     key = batch_idx.double() * 4.0 + (~ok).double() * 2.0 - torch.sigmoid(scores.double().nan_to_num(0.0))
     order = key.argsort()
@@ -65,8 +64,10 @@ def refine_instances(ebm_head, feats, preds: list, img_metas: List[dict], scale_
     labels = torch.cat([p.labels for p in preds]).to(device)
     counts = [len(p) for p in preds]
     batch_idx = torch.repeat_interleave(torch.arange(len(preds), device=device), torch.tensor(counts, device=device))
-    sel = select_for_refinement(scores, boxes, batch_idx, len(preds), cfg.get('score_thr', 0.0),
-                                cfg.get('max_per_img', 100), cfg.get('min_size', 1e-2))
+    # non-finite or (near) zero-size boxes have no relative box space: left unrefined
+    valid = torch.isfinite(boxes).all(-1) & ((boxes[:, 2:] - boxes[:, :2]) > cfg.get('min_size', 1e-2)).all(-1)
+    sel = select_for_refinement(scores, valid, batch_idx, len(preds), cfg.get('score_thr', 0.0),
+                                cfg.get('max_per_img', 100))
     img_shapes = torch.tensor([m['img_shape'][:2] for m in img_metas], device=device)
     refined, ebm = boxes.clone(), torch.full_like(scores, float('-inf'))
     res = ebm_head.refine(feats, boxes[sel], batch_idx[sel], labels[sel], img_shapes,
@@ -107,6 +108,8 @@ class EBMRefineDetector(BaseDetector):
     ``scores_init`` keep the detector's, so ``InitialPredictionMetric`` scores both in one run;
     ``ebm_scores`` holds f at the refined box (-inf for boxes left unrefined).
     """
+    default_test_cfg = dict(num_steps=10, step_sizes=(8e-4, 8e-4, 3.2e-3, 3.2e-3), decay=0.5, tol=0.0, max_per_img=100,
+                            score_thr=0.0, min_size=1e-2, chunk_size=None, rescore_weight=0.0, enabled=True)
 
     def __init__(self,
                  detector: ConfigType,
@@ -125,10 +128,7 @@ class EBMRefineDetector(BaseDetector):
         self.ebm_head = MODELS.build(ebm_head)
         self.freeze_detector = freeze_detector
         self.detector_checkpoint = detector_checkpoint
-        self.test_cfg = dict(num_steps=10, step_sizes=(8e-4, 8e-4, 3.2e-3, 3.2e-3), decay=0.5, tol=0.0,
-                             max_per_img=100, score_thr=0.0, min_size=1e-2, chunk_size=None,
-                             rescore_weight=0.0, enabled=True)
-        self.test_cfg.update(test_cfg or {})
+        self.test_cfg = {**self.default_test_cfg, **(test_cfg or {})}
         feat_module = self.detector.neck if getattr(self.detector, 'with_neck', False) else self.detector.backbone
         self._feats = capture_features(feat_module)
         if freeze_detector:
