@@ -1,0 +1,25 @@
+"""Every shipped config parses, inherits the stock base it names, and builds its model."""
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip('mmdet')
+import ebm_det  # noqa: E402,F401
+from mmengine.config import Config  # noqa: E402
+
+CONFIGS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / 'configs').glob('*.py'))
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_builds(name):
+    from mmengine.registry import DefaultScope, init_default_scope
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[1] / 'configs' / name))
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    from mmengine.registry import MODELS
+    model = MODELS.build(cfg.model)
+    if cfg.model.type.startswith('EBMRefine'):
+        assert model.freeze_detector == cfg.model.get('freeze_detector', True)
+        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+        assert [e['type'] for e in evaluators][-1] == 'InitialPredictionMetric'
+    assert DefaultScope.get_current_instance().scope_name == scope
