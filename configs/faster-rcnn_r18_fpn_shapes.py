@@ -6,14 +6,17 @@ _base_ = [
 ]
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
-    backbone=dict(depth=18, norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=128),
-    rpn_head=dict(in_channels=128, feat_channels=128,
+    # a half-width ResNet-18 (base_channels=32): about 4x cheaper than R18, trains in minutes on 2 cores
+    backbone=dict(depth=18, base_channels=32, norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
+    neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64,
                   anchor_generator=dict(scales=[4], strides=[4, 8, 16, 32, 64])),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=128),
-        bbox_head=dict(in_channels=128, fc_out_channels=512, num_classes=5)),
-    test_cfg=dict(rcnn=dict(max_per_img=100)))
+        bbox_roi_extractor=dict(out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=5)),
+    # fewer proposals and RoI samples than COCO's defaults: small images, few objects, 2 cores
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=300), rcnn=dict(max_per_img=100)))
 
 max_iters = 1500
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)

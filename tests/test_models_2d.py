@@ -175,3 +175,43 @@ def test_mmdet_own_train_tool_runs_our_config(trained, shapes_root, tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / 'wd' / 'iter_1.pth').exists()
+
+
+@pytest.mark.parametrize('nms_by_ebm', [False, True])
+def test_ebm_roi_head_loss_and_predict(nms_by_ebm):
+    """EBMRoIHead inside a Faster R-CNN: the EBM loss joins the detector's, predict refines."""
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.structures import InstanceData
+    register_all_modules()
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'faster-rcnn_r18_fpn_shapes.py'))
+    roi = cfg.model.roi_head
+    roi.type = 'EBMRoIHead'
+    roi.ebm_head = dict(type='EBMBoxHead', num_classes=5, in_channels=64, fc_channels=64,
+                        loss=dict(method='nce_plus', num_samples=16))
+    roi.ebm_test_cfg = dict(nms_by_ebm=nms_by_ebm, step_sizes=(0.05, 0.05, 0.1, 0.1))
+    cfg.model.test_cfg.rcnn.score_thr = 0.0  # random weights: keep every candidate
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    imgs = torch.randn(2, 3, 128, 128)
+    samples = []
+    for _ in range(2):
+        s = DetDataSample(metainfo=dict(img_shape=(128, 128), pad_shape=(128, 128), ori_shape=(64, 64),
+                                        scale_factor=(2.0, 2.0), batch_input_shape=(128, 128)))
+        s.gt_instances = InstanceData(bboxes=torch.tensor([[10., 10., 60., 80.], [70., 20., 120., 60.]]),
+                                      labels=torch.tensor([0, 3]))
+        samples.append(s)
+    model.train()
+    losses = model.loss(imgs, samples)
+    assert torch.isfinite(losses['loss_ebm']) and 'loss_cls' in losses
+    model.eval()
+    with torch.no_grad():
+        out = model.predict(imgs, samples, rescale=True)
+    pred = out[0].pred_instances
+    assert len(pred) > 0 and 'bboxes_init' in pred and 'ebm_scores' in pred
+    # boxes are in the original image (scale factor 2): inside 64 x 64
+    assert (pred.bboxes >= 0).all() and (pred.bboxes <= 64).all()
+    assert not torch.equal(pred.bboxes, pred.bboxes_init)

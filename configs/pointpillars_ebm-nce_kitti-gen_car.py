@@ -1,0 +1,37 @@
+# CPU scale: an NCE-trained EBMBoxHead3D (ebms_3dod) on the frozen pointpillars_kitti-gen_car.py
+# detector. Give the detector's checkpoint with
+#     --cfg-options model.detector_checkpoint=PATH
+# (tools/benchmarks/kitti_3d.py does). The head reads the 192-channel SECONDFPN map, an 80 x 80
+# grid at 0.5 m that covers the point-cloud range [0, -20, 40, 20] (x/y min, x/y max) exactly;
+# reduced to 64 channels and 512-wide fc layers to train in minutes on a CPU.
+_base_ = ['./pointpillars_kitti-gen_car.py']
+custom_imports = dict(imports=['ebm_det'], allow_failed_imports=False)
+
+model = dict(
+    _delete_=True,
+    type='EBMRefineDetector3D',
+    detector={{_base_.model}},
+    detector_checkpoint=None,
+    freeze_detector=True,
+    ebm_head=dict(
+        type='EBMBoxHead3D',
+        in_channels=192,
+        bev_range=[0, -20, 40, 20],
+        reduced_channels=64,
+        fc_channels=512,
+        loss=dict(method='nce', num_samples=128)),
+    test_cfg=dict(num_steps=10, step_sizes=2e-4, decay=0.5))
+
+# the paper's training: Adam with a one-cycle learning rate peaking at 3e-3
+max_iters = 400
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+optim_wrapper = dict(_delete_=True, type='OptimWrapper', optimizer=dict(type='Adam', lr=3e-3))
+param_scheduler = [dict(type='OneCycleLR', eta_max=3e-3, begin=0, end=max_iters, by_epoch=False)]
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+
+# refined boxes under 'Kitti metric/...', the detector's own under 'Kitti metric_init/...'
+val_evaluator = [
+    {{_base_.val_evaluator}},
+    dict(type='InitialPredictionMetric', metric={{_base_.val_evaluator}}),
+]
+test_evaluator = val_evaluator
