@@ -3,7 +3,7 @@
 
 Usage::
 
-    python tools/data/generate_mot_video.py --out data/shapes_video --splits val \
+    python tools/data/generate_mot_video.py --out data/mot_gen --splits val \
         --num-seqs 4 --num-frames 60 --size 256 --seed 0
 
 writes, for each split::
@@ -380,7 +380,7 @@ def read_seqinfo(seq_dir: Union[str, Path]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default='data/shapes_video', help='dataset root')
+    parser.add_argument('--out', default='data/mot_gen', help='dataset root')
     parser.add_argument('--splits', nargs='+', default=['val'])
     parser.add_argument('--num-seqs', type=int, default=4)
     parser.add_argument('--num-frames', type=int, default=60)
