@@ -4,7 +4,7 @@
 # (faster-rcnn_r18_fpn_ebm-nceplus_shapes.py; the video's objects are the same shapes); load their
 # checkpoint with MMDetection's tracking test tool:
 #
-#   python tools/data/generate_mot_video.py --out data/shapes_video --splits val
+#   python tools/data/generate_mot_video.py --out data/mot_gen --splits val
 #   python $(python -c "import mmdet,os;print(os.path.dirname(mmdet.__file__))")/.mim/tools/test_tracking.py \
 #       configs/bytetrack_ebm_shapes-video.py --detector work_dirs/demo/ebm/iter_300.pth
 #
@@ -36,7 +36,7 @@ model = dict(
     # refinement of track boxes (detections use model.detector.test_cfg)
     track_refine_cfg=dict(num_steps=10, step_sizes=[8e-4, 8e-4, 3.2e-3, 3.2e-3], decay=0.5))
 
-data_root = 'data/shapes_video/'
+data_root = 'data/mot_gen/'
 image_size = (256, 256)
 test_pipeline = [
     dict(
