@@ -142,6 +142,31 @@ def test_refiner_clamps_to_image_and_skips_invalid_boxes():
     assert empty.shape == (0, 4) and es.shape == (0, )
 
 
+def test_refiner_from_head_config_with_checkpoint(tmp_path):
+    head = _head()
+    torch.save(dict(state_dict={f'ebm_head.{k}': v for k, v in head.state_dict().items()}), tmp_path / 'ebm.pth')
+    cfg = dict(type='EBMBoxHead', num_classes=3, in_channels=8, fc_channels=32, featmap_strides=[4, 8],
+               loss=dict(method='nce_plus', sigmas=[[0.075] * 4], num_samples=4))
+    refiner = EBMBoxRefiner(cfg, checkpoint=str(tmp_path / 'ebm.pth'), num_steps=2)
+    for k, v in head.state_dict().items():
+        assert torch.equal(refiner.head.state_dict()[k], v), k
+
+
+def test_refiner_from_config_extracts_features(video):
+    import cv2
+    cfg = ROOT / 'configs' / 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
+    refiner = EBMBoxRefiner.from_config(str(cfg), num_steps=2)
+    assert refiner.num_steps == 2 and refiner.step_sizes == tuple(refiner.detector.test_cfg['step_sizes'])
+    image = cv2.imread(str(video / 'val' / 'SHAPES-01' / 'img1' / '000001.jpg'))
+    feats = refiner.features([image])
+    assert feats[0].shape[0] == 1 and feats[0].shape[-2:] == (64, 64)  # stride 4 on 256 px
+    data = refiner.detector.data_preprocessor(dict(inputs=[torch.from_numpy(image.transpose(2, 0, 1).copy())]), False)
+    with torch.no_grad():
+        torch.testing.assert_close(feats[0], refiner.detector.extract_feat(data['inputs'])[0])
+    out, scores = refiner.refine(feats, torch.tensor([[10., 10., 60., 50.], [200., 180., 300., 260.]]), image.shape[:2])
+    assert torch.isfinite(scores).all() and (out[:, 2] <= 256).all()
+
+
 def test_constant_velocity_tracker_follows_refiner_and_detections():
     class Shift:  # a stand-in refiner that moves every box +2 px in x
         def refine(self, feats, boxes, img_shape, labels=None, scale_factor=None):
