@@ -278,8 +278,16 @@ def test_byte_tracker_refines_predicted_boxes_and_handles_empty_frames():
     assert len(out) == 0 and tracker._frame is None
     out = tracker.track(frame(3, moving(3)))
     assert out.instances_id.tolist() == [0, 1]  # both tracks survive the empty frame
-    tracker.ebm['enabled'] = False
-    tracker.track(frame(4, moving(4)))
+    # write_back: an unmatched track keeps its refined box as the Kalman position
+    tracker.ebm['write_back'] = True
+    tracker.track(frame(4, moving(4)[:1]))
+    ref = tracker.last_refinement
+    from mmdet.structures.bbox import bbox_xyxy_to_cxcyah
+    k = ref['ids'].index(1)
+    np.testing.assert_allclose(tracker.tracks[1].mean[:4], bbox_xyxy_to_cxcyah(ref['boxes'][k:k + 1].double())[0],
+                               rtol=1e-5)
+    tracker.ebm.update(enabled=False, write_back=False)
+    tracker.track(frame(5, moving(5)))
     assert tracker.last_refinement == {}
 
 
