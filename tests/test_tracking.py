@@ -292,7 +292,7 @@ def test_byte_tracker_refines_predicted_boxes_and_handles_empty_frames():
 
 
 # ------------------------------------------------------------------ mmdet MOT models, via Runner
-def _mot_runner(video, config, work_dir, **options):
+def _mot_runner(video, config, work_dir, stock=False, **options):
     from mmengine.config import Config
     from mmengine.runner import Runner
     cfg = Config.fromfile(str(ROOT / 'configs' / config))
@@ -310,15 +310,23 @@ def _mot_runner(video, config, work_dir, **options):
     else:
         cfg.model.tracker.obj_score_thr = 0.0
     cfg.merge_from_dict(options)
+    if stock:  # mmdet's own ByteTrack and ByteTracker around our refine detector
+        cfg.model.type = 'ByteTrack'
+        cfg.model.pop('track_refine_cfg')
+        cfg.model.tracker.type = 'ByteTracker'
+        cfg.model.tracker.pop('ebm')
     torch.manual_seed(0)
     return Runner.from_cfg(cfg)
 
 
-@pytest.mark.parametrize('config', ['bytetrack_ebm_shapes-video.py', 'sort_ebm_shapes-video.py'])
-def test_mot_model_refines_detections_and_tracks_through_runner(video, tmp_path, config):
+@pytest.mark.parametrize('config,stock', [('bytetrack_ebm_shapes-video.py', True),
+                                          ('bytetrack_ebm_shapes-video.py', False),
+                                          ('sort_ebm_shapes-video.py', False)])
+def test_mot_model_refines_detections_and_tracks_through_runner(video, tmp_path, config, stock):
     """mmdet's MOT model loop (detector.predict then tracker.track per frame), our refine detector,
-    the EBM tracker, MOTChallengeDataset and MOTChallengeMetric (PyPI trackeval) end to end."""
-    runner = _mot_runner(video, config, tmp_path)
+    the EBM tracker (or mmdet's own ByteTrack/ByteTracker: ``stock``), MOTChallengeDataset and
+    MOTChallengeMetric (PyPI trackeval) end to end on a 12-frame sequence with empty frames."""
+    runner = _mot_runner(video, config, tmp_path, stock=stock)
     model = runner.model
     seen = dict(det_moved=0, det=0, track_calls=0, track_moved=0)
     det_predict = model.detector.predict
@@ -331,19 +339,21 @@ def test_mot_model_refines_detections_and_tracks_through_runner(video, tmp_path,
         return out
 
     model.detector.predict = spy_predict
-    refine_ids = model.tracker._refine_ids
+    if not stock:
+        refine_ids = model.tracker._refine_ids
 
-    def spy_refine(ids, boxes):
-        refine_ids(ids, boxes)
-        if ids:
-            seen['track_calls'] += 1
-            r = model.tracker.last_refinement
-            seen['track_moved'] += int((r['boxes'] - r['boxes_in']).abs().sum(-1).gt(0).sum())
+        def spy_refine(ids, boxes):
+            refine_ids(ids, boxes)
+            if ids:
+                seen['track_calls'] += 1
+                r = model.tracker.last_refinement
+                seen['track_moved'] += int((r['boxes'] - r['boxes_in']).abs().sum(-1).gt(0).sum())
 
-    model.tracker._refine_ids = spy_refine
+        model.tracker._refine_ids = spy_refine
     metrics = runner.test()
     for k in ('HOTA', 'MOTA', 'IDF1', 'IDSW'):
         assert f'motchallenge-metric/{k}' in metrics
-    assert seen['det'] > 0 and seen['det_moved'] > 0
-    assert seen['track_calls'] > 0 and seen['track_moved'] > 0
-    assert model._track_feats == [] and model.tracker._frame is None  # no features kept after the video
+    assert seen['det'] > 0 and seen['det_moved'] > 0  # the MOT model got refined detections
+    if not stock:
+        assert seen['track_calls'] > 0 and seen['track_moved'] > 0
+        assert model._track_feats == [] and model.tracker._frame is None  # no features kept after the video
