@@ -215,3 +215,24 @@ def test_ebm_roi_head_loss_and_predict(nms_by_ebm):
     # boxes are in the original image (scale factor 2): inside 64 x 64
     assert (pred.bboxes >= 0).all() and (pred.bboxes <= 64).all()
     assert not torch.equal(pred.bboxes, pred.bboxes_init)
+
+
+def test_refine_instances_handles_images_without_boxes_and_bad_boxes():
+    from mmengine.structures import InstanceData
+
+    from ebm_det.models import refine_instances
+    torch.manual_seed(0)
+    head = _head()
+    empty = InstanceData(bboxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long))
+    bad = InstanceData(bboxes=torch.tensor([[10., 10., 50., 60.], [float('nan'), 0., 5., 5.], [20., 20., 20., 40.]]),
+                       scores=torch.tensor([0.9, 0.8, 0.7]), labels=torch.tensor([0, 1, 2]))
+    metas = [dict(img_shape=(128, 128)), dict(img_shape=(128, 128))]
+    with torch.no_grad():
+        refine_instances(head, _feats(), [empty, bad], metas, [(2.0, 2.0), (2.0, 2.0)],
+                         dict(step_sizes=(0.05, 0.05, 0.1, 0.1)))
+    assert empty.bboxes.shape == (0, 4) and empty.ebm_scores.shape == (0, )
+    # the NaN box and the zero-width box are left as they were, with ebm_scores = -inf
+    assert torch.isnan(bad.bboxes[1]).any() and torch.equal(bad.bboxes[2], bad.bboxes_init[2])
+    assert torch.isinf(bad.ebm_scores[1:]).all() and torch.isfinite(bad.ebm_scores[0])
+    assert not torch.equal(bad.bboxes[0], bad.bboxes_init[0])
+    assert (bad.bboxes[0] >= 0).all() and (bad.bboxes[0] <= 64).all()  # clipped to the original image
