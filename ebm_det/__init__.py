@@ -9,7 +9,7 @@ from importlib.util import find_spec
 __version__ = '0.1.0'
 
 if find_spec('mmdet') is not None:
-    from . import checkpoint, evaluation, models  # noqa: F401  (registers modules)
+    from . import checkpoint, evaluation, models, tracking  # noqa: F401  (registers modules)
     checkpoint.allow_mmengine_checkpoints()
     if find_spec('mmdet3d') is not None:
         # KITTI BEV/3D AP without CUDA: a CPU rotated IoU, installed only where CUDA is absent
