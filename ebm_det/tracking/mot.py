@@ -1,5 +1,4 @@
 """MOT models (mmdet's ByteTrack / DeepSORT) wired to refine track boxes with an EBM head."""
-import copy
 from typing import Optional
 
 from mmdet.models.mot import ByteTrack, DeepSORT
@@ -25,7 +24,7 @@ class EBMTrackingMixin:
     def _bind_ebm(self, ebm_head: Optional[dict], track_refine_cfg: Optional[dict]) -> None:
         det = self.detector
         if ebm_head is not None:
-            self.ebm_head = MODELS.build(copy.deepcopy(ebm_head))
+            self.ebm_head = MODELS.build({'_scope_': 'mmdet', **ebm_head})
             head = self.ebm_head
         elif hasattr(det, 'ebm_head'):
             head = det.ebm_head

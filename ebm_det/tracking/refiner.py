@@ -40,7 +40,7 @@ class EBMBoxRefiner:
                  min_size: float = 1e-2,
                  detector=None) -> None:
         if isinstance(ebm_head, dict):
-            ebm_head = MODELS.build(copy.deepcopy(ebm_head))
+            ebm_head = MODELS.build({'_scope_': 'mmdet', **ebm_head})
             if checkpoint is None:
                 ebm_head.init_weights()
         if checkpoint is not None:
