@@ -106,6 +106,7 @@ def bench_train_overhead(device: str, repeats: int):
     det = wrapper.detector
     inputs, samples = fake_batch(2, device)
     det.train()
+    det.requires_grad_(True)  # the wrapper froze it; a plain detector step trains everything
 
     def det_step():
         losses = det.loss(inputs, samples)
@@ -113,6 +114,7 @@ def bench_train_overhead(device: str, repeats: int):
 
     t_det = timed(det_step, repeats, device)
     det.zero_grad()
+    det.requires_grad_(False)
     wrapper.train()
 
     def ebm_step():
