@@ -45,8 +45,8 @@ class EBMRefineDetector3D(EBMRefineDetector):
 
     def refine_instances_3d(self, feats, preds: list, cfg: dict) -> None:
         """Refine every frame's boxes in one call; adds ``bboxes_3d_init`` and ``ebm_scores``."""
-        bev = self.ebm_head.prepare_features(feats)
-        device = bev.device
+        # the head prepares (concatenates / reduces) the neck's maps itself, inside refine
+        device = (feats[0] if isinstance(feats, (list, tuple)) else feats).device
         boxes = torch.cat([p.bboxes_3d.tensor[:, :7] for p in preds]).to(device, torch.float32)
         scores = torch.cat([p.scores_3d for p in preds]).to(device)
         labels = torch.cat([p.labels_3d for p in preds]).to(device)
@@ -54,7 +54,7 @@ class EBMRefineDetector3D(EBMRefineDetector):
         batch_idx = torch.repeat_interleave(torch.arange(len(preds), device=device), torch.tensor(counts, device=device))
         valid = torch.isfinite(boxes).all(-1) & (boxes[:, 3:6] > 0).all(-1)
         sel = select_for_refinement(scores, valid, batch_idx, len(preds), cfg['score_thr'], cfg['max_per_img'])
-        res = self.ebm_head.refine(bev, boxes[sel], batch_idx[sel], labels[sel], cfg['step_sizes'], cfg['num_steps'],
+        res = self.ebm_head.refine(feats, boxes[sel], batch_idx[sel], labels[sel], cfg['step_sizes'], cfg['num_steps'],
                                    cfg['decay'], cfg['tol'], cfg['chunk_size'])
         refined, ebm = boxes.clone(), torch.full_like(scores, float('-inf'))
         refined[sel], ebm[sel] = res.boxes, res.scores.to(ebm.dtype)

@@ -1,0 +1,300 @@
+"""The mmdet3d layer: EBMBoxHead3D, EBMRefineDetector3D through the mmengine Runner on generated
+KITTI-format scenes (tools/data/generate_kitti_scenes.py), and the CPU-scale 3D configs."""
+import math
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, load_tool
+
+pytest.importorskip('mmdet3d')
+import ebm_det  # noqa: E402,F401
+from ebm_det.core import wrap_angle  # noqa: E402
+from ebm_det.models import EBMBoxHead3D  # noqa: E402
+
+BEV_RANGE = (0.0, -20.0, 40.0, 20.0)
+AP_KEY = 'pred_instances_3d/KITTI/Car_{}_AP40_moderate_strict'
+
+
+def _head(method='nce', num_samples=8, **kw):
+    torch.manual_seed(0)
+    head = EBMBoxHead3D(in_channels=8, bev_range=BEV_RANGE, fc_channels=32, zh_channels=8,
+                        loss=dict(method=method, num_samples=num_samples), **kw)
+    head.init_weights()
+    return head
+
+
+def _bev(batch=2, channels=8, size=40):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, channels, size, size, generator=g)
+
+
+def _boxes():
+    # (x, y, z, l, w, h, yaw) LiDAR boxes, one with yaw just below pi
+    return torch.tensor([[10.0, 2.0, -1.7, 4.0, 1.7, 1.5, 0.3],
+                         [25.0, -8.0, -1.6, 4.4, 1.8, 1.6, math.pi - 0.01],
+                         [18.0, 5.0, -1.7, 3.8, 1.6, 1.5, -2.0]])
+
+
+GT_LABELS = [torch.tensor([0, 0]), torch.tensor([0])]
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) losses
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('method', ['nce', 'nce_plus'])
+@pytest.mark.parametrize('normalized', [False, True])
+def test_head_loss_finite_and_trains(method, normalized):
+    head = _head(method, normalized_space=normalized, reduced_channels=4)
+    boxes = _boxes()
+    loss = head.loss([_bev()], [boxes[:2], boxes[2:]], GT_LABELS)['loss_ebm']
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    for module in (head.fcs, head.fc_score, head.reduce, head.z_mlp, head.h_mlp):
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
+    # a few Adam steps lower the loss on the same batch (the head can fit)
+    opt = torch.optim.Adam(head.parameters(), 1e-3)
+    torch.manual_seed(1)
+    first = head.loss([_bev()], [boxes[:2], boxes[2:]], GT_LABELS)['loss_ebm'].item()
+    for _ in range(15):
+        opt.zero_grad()
+        head.loss([_bev()], [boxes[:2], boxes[2:]], GT_LABELS)['loss_ebm'].backward()
+        opt.step()
+    torch.manual_seed(1)
+    assert head.loss([_bev()], [boxes[:2], boxes[2:]], GT_LABELS)['loss_ebm'].item() < first
+
+
+def test_head_loss_without_gt_is_zero_and_reaches_parameters():
+    head = _head(reduced_channels=4)
+    loss = head.loss([_bev()], [torch.zeros(0, 7), torch.zeros(0, 7)],
+                     [torch.zeros(0, dtype=torch.long)] * 2)['loss_ebm']
+    assert loss.item() == 0.0
+    loss.backward()
+    assert head.fc_score.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) refinement
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('normalized', [False, True])
+def test_head_refine_monotone_wrapped_positive(normalized):
+    head = _head(normalized_space=normalized)
+    boxes = _boxes()
+    boxes[2, 3:6] = 0.06  # a tiny box: big steps must not make sizes negative
+    step = 0.05 if not normalized else 0.02
+    with torch.no_grad():
+        res = head.refine([_bev()], boxes, torch.tensor([0, 0, 1]), torch.zeros(3, dtype=torch.long),
+                          step_sizes=step, num_steps=10)
+    assert res.boxes.shape == (3, 7) and res.steps == 10
+    assert (res.scores >= res.init_scores).all() and (res.scores > res.init_scores).any()
+    assert ((res.boxes[:, 6] >= -math.pi) & (res.boxes[:, 6] < math.pi)).all()
+    assert (res.boxes[:, 3:6] > 0).all()
+    # no box jumps: every coordinate moved by at most num_steps proposals, yaw compared wrapped
+    assert (wrap_angle(res.boxes[:, 6] - boxes[:, 6]).abs() < 1.0).all()
+    assert (res.boxes[:, :3] - boxes[:, :3]).abs().max() < 5.0
+    assert all(p.grad is None for p in head.parameters())
+
+
+def test_head_refine_crosses_the_yaw_wrap_smoothly():
+    """A score peaked at yaw = -pi + 0.05 pulls a box at yaw = pi - 0.05 across the wrap."""
+    head = _head()
+    target = -math.pi + 0.05
+    learned = head.score
+
+    def score(bev, b, idx, labels):
+        return 1e-3 * learned(bev, b, idx, labels) - 10.0 * wrap_angle(b[:, 6] - target)**2
+
+    head.score = score
+    boxes = _boxes()[1:2].clone()
+    boxes[0, 6] = math.pi - 0.05
+    path = []
+    for steps in range(1, 9):
+        with torch.no_grad():
+            res = head.refine([_bev()], boxes, torch.tensor([0]), torch.tensor([0]), step_sizes=2e-2,
+                              num_steps=steps)
+        path.append(res.boxes[0, 6].item())
+    # crossed: now on the negative side, next to the target, and every step was small
+    assert path[-1] < 0 and abs(path[-1] - target) < 0.02
+    yaws = torch.tensor([boxes[0, 6].item()] + path)
+    assert (wrap_angle(yaws[1:] - yaws[:-1]).abs() < 0.1).all()
+    assert ((yaws >= -math.pi) & (yaws < math.pi)).all()
+    assert torch.allclose(res.boxes[0, :6], boxes[0, :6], atol=1e-2)
+
+
+def test_head_refine_empty():
+    head = _head()
+    res = head.refine([_bev()], torch.zeros(0, 7), torch.zeros(0, dtype=torch.long),
+                      torch.zeros(0, dtype=torch.long))
+    assert res.boxes.shape == (0, 7) and res.scores.shape == (0, )
+
+
+def test_bev_map_of_the_cpu_configs_covers_the_point_cloud_range():
+    """The EBM's bev_range must be the metres its BEV map covers: the SECONDFPN map of the
+    CPU-scale PointPillars is at half the pillar grid's resolution and spans the whole range."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet3d.registry import MODELS
+    init_default_scope('mmdet3d')
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'pointpillars_ebm-nce_kitti-gen_car.py'))
+    model = MODELS.build(cfg.model).eval()
+    det = cfg.model.detector
+    pcr = det.data_preprocessor.voxel_layer.point_cloud_range
+    vx, vy = det.data_preprocessor.voxel_layer.voxel_size[:2]
+    ny, nx = det.middle_encoder.output_shape
+    assert (nx * vx, ny * vy) == pytest.approx((pcr[3] - pcr[0], pcr[4] - pcr[1]))  # pillar grid
+    assert list(cfg.model.ebm_head.bev_range) == [pcr[0], pcr[1], pcr[3], pcr[4]]
+    pts = torch.rand(500, 4) * torch.tensor([40.0, 40.0, 3.0, 1.0]) + torch.tensor([0.0, -20.0, -2.5, 0.0])
+    data = model.data_preprocessor(dict(inputs=dict(points=[pts]), data_samples=None), False)
+    with torch.no_grad():
+        bev = model.ebm_head.prepare_features(model.extract_feat(data['inputs']))
+    assert bev.shape[1] == cfg.model.ebm_head.reduced_channels
+    assert tuple(bev.shape[-2:]) == (ny // 2, nx // 2)  # (y, x): 0.5 m cells over the 40 m range
+    assert cfg.model.ebm_head.in_channels == sum(det.neck.out_channels)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) Runner: detector -> frozen detector + EBM -> test before / after
+# ---------------------------------------------------------------------------------------------
+def _tiny_config(tmp: Path, base: str, data_root: str, max_iters: int = 2, extra: str = '') -> Path:
+    ann = f'{data_root}/kitti_infos_val.pkl'
+    metric = f"dict(type='KittiMetric', ann_file='{ann}', metric='bbox')"
+    evaluator = f"[{metric}, dict(type='InitialPredictionMetric', metric={metric})]" if 'ebm' in base else metric
+    text = f"""
+    _base_ = ['{ROOT}/configs/{base}']
+    train_dataloader = dict(dataset=dict(data_root='{data_root}/'))
+    test_dataloader = dict(dataset=dict(data_root='{data_root}/'))
+    test_evaluator = {evaluator}
+    # no validation after training (IterBasedTrainLoop validates at the last iteration)
+    val_dataloader = None
+    val_evaluator = None
+    val_cfg = None
+    train_cfg = dict(max_iters={max_iters})
+    param_scheduler = [dict(type='ConstantLR', factor=1.0, begin=0, end={max_iters}, by_epoch=False)]
+    default_hooks = dict(checkpoint=dict(interval={max_iters}), logger=dict(interval=1))
+    """
+    path = tmp / f'tiny_{Path(base).stem}.py'
+    path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
+    return path
+
+
+def _run(cfg_path, work_dir, checkpoint=None, test=False, **options):
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(str(cfg_path))
+    cfg.work_dir = str(work_dir)
+    cfg.experiment_name = uuid.uuid4().hex  # several runners in one process
+    cfg.merge_from_dict(options)
+    if checkpoint:
+        cfg.load_from = str(checkpoint)
+    runner = Runner.from_cfg(cfg)
+    return runner.test() if test else runner.train()
+
+
+@pytest.fixture(scope='module')
+def trained3d(tmp_path_factory):
+    """4 train + 10 val generated frames; a PointPillars trained 2 iterations, then an EBM head
+    trained 2 iterations on it (detector_checkpoint)."""
+    tmp = tmp_path_factory.mktemp('runner3d')
+    gen = load_tool('tools/data/generate_kitti_scenes.py')
+    root = gen.generate(str(tmp / 'kitti_gen'), num_train=4, num_val=10, seed=0)['root']
+    det_cfg = _tiny_config(tmp, 'pointpillars_kitti-gen_car.py', root)
+    _run(det_cfg, tmp / 'det')
+    det_ckpt = (tmp / 'det' / 'last_checkpoint').read_text().strip()
+    # score_thr 0: the 2-iteration detector's boxes all reach the EBM (else nothing to refine)
+    ebm_cfg = _tiny_config(tmp, 'pointpillars_ebm-nce_kitti-gen_car.py', root, extra=f"""
+        model = dict(detector_checkpoint='{det_ckpt}', detector=dict(test_cfg=dict(score_thr=0.0, max_num=20)),
+                     ebm_head=dict(loss=dict(num_samples=16)))
+        """)
+    _run(ebm_cfg, tmp / 'ebm')
+    return dict(tmp=tmp, root=root, det_ckpt=det_ckpt, ebm_cfg=ebm_cfg,
+                ebm_ckpt=(tmp / 'ebm' / 'last_checkpoint').read_text().strip())
+
+
+def test_runner_trains_frozen_detector_and_reports_before_after(trained3d):
+    state = torch.load(trained3d['ebm_ckpt'], map_location='cpu', weights_only=True)['state_dict']
+    det_state = torch.load(trained3d['det_ckpt'], map_location='cpu', weights_only=True)['state_dict']
+    assert det_state and any(k.startswith('ebm_head.') for k in state)
+    for k, v in det_state.items():  # the frozen detector is exactly the loaded one (BN stats too)
+        assert torch.equal(state['detector.' + k], v), k
+    metrics = _run(trained3d['ebm_cfg'], trained3d['tmp'] / 'test', trained3d['ebm_ckpt'], test=True)
+    for kind in ('3D', 'BEV', '2D'):
+        assert f'Kitti metric/{AP_KEY.format(kind)}' in metrics
+        assert f'Kitti metric_init/{AP_KEY.format(kind)}' in metrics
+    assert len([k for k in metrics if k.startswith('Kitti metric_init/')]) == \
+        len([k for k in metrics if k.startswith('Kitti metric/')])
+    # refinement off: both reports score the same boxes
+    same = _run(trained3d['ebm_cfg'], trained3d['tmp'] / 'test_off', trained3d['ebm_ckpt'], test=True,
+                **{'model.test_cfg.enabled': False})
+    for key, value in same.items():
+        if key.startswith('Kitti metric/'):
+            assert same[key.replace('Kitti metric/', 'Kitti metric_init/')] == value, key
+    assert same[f'Kitti metric_init/{AP_KEY.format("3D")}'] == metrics[f'Kitti metric_init/{AP_KEY.format("3D")}']
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) predict on awkward frames
+# ---------------------------------------------------------------------------------------------
+def _model(trained3d, **test_cfg):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet3d.registry import MODELS
+    init_default_scope('mmdet3d')
+    cfg = Config.fromfile(str(trained3d['ebm_cfg']))
+    cfg.model.detector.test_cfg.update(test_cfg)
+    model = MODELS.build(cfg.model)
+    state = torch.load(trained3d['ebm_ckpt'], map_location='cpu', weights_only=True)['state_dict']
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _batch(clouds):
+    from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
+    samples = [Det3DDataSample(metainfo=dict(box_type_3d=LiDARInstance3DBoxes, sample_idx=i))
+               for i in range(len(clouds))]
+    return dict(inputs=dict(points=clouds), data_samples=samples)
+
+
+def _cloud(trained3d, frame=4):
+    import numpy as np
+    path = Path(trained3d['root']) / 'training' / 'velodyne' / f'{frame:06d}.bin'
+    pts = torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(-1, 4))
+    keep = (pts[:, 0] > 0) & (pts[:, 0] < 40) & (pts[:, 1].abs() < 20) & (pts[:, 2] > -3) & (pts[:, 2] < 1)
+    return pts[keep]
+
+
+def _check(pred, refined_any=None):
+    init, boxes = pred.bboxes_3d_init, pred.bboxes_3d
+    assert type(init) is type(boxes) and init.tensor.shape == boxes.tensor.shape
+    assert pred.ebm_scores.shape == pred.scores_3d.shape
+    t = boxes.tensor
+    assert torch.isfinite(t).all() and (t[:, 3:6] > 0).all()
+    assert ((t[:, 6] >= -math.pi) & (t[:, 6] < math.pi)).all()
+    if refined_any is not None:
+        assert bool(torch.isfinite(pred.ebm_scores).any()) == refined_any
+
+
+def test_predict_empty_cloud_and_no_detections(trained3d):
+    """An empty point cloud in a batch, and frames without any detection.
+
+    The empty frame comes first: mmdet3d's PointPillarsScatter takes the batch size from the last
+    pillar's frame index, so an empty *last* frame fails inside mmdet3d, before the wrapper."""
+    model = _model(trained3d, score_thr=0.0, max_num=20)
+    cloud = _cloud(trained3d)
+    with torch.no_grad():
+        out = model.test_step(_batch([cloud[:0], cloud]))
+    assert len(out) == 2
+    _check(out[0].pred_instances_3d)
+    _check(out[1].pred_instances_3d, refined_any=True)
+    # no detections in any frame: nothing to refine, empty fields of the right type
+    model = _model(trained3d, score_thr=1.1)
+    with torch.no_grad():
+        out = model.test_step(_batch([cloud[:0], cloud]))
+    for sample in out:
+        pred = sample.pred_instances_3d
+        assert len(pred.bboxes_3d) == 0 and pred.bboxes_3d.tensor.shape[1] == 7
+        _check(pred, refined_any=False)
