@@ -46,23 +46,38 @@ def roi_grid_sample(features: Sequence[Tensor], boxes: Tensor, batch_idx: Tensor
     Returns:
         Tensor (N, C, out_size, out_size).
     """
-    n = boxes.shape[0]
     s, r = out_size, sampling_ratio
+    num_imgs, channels = features[0].shape[:2]
     # offsets of the s*r sample points along a unit-length side, in (0, 1)
     t = (torch.arange(s * r, device=boxes.device, dtype=boxes.dtype) + 0.5) / (s * r)
-    out = features[0].new_zeros(n, features[0].shape[1], s, s)
-    for lvl, (feat, stride) in enumerate(zip(features, strides)):
-        rows = (levels == lvl).nonzero().flatten()
-        if rows.numel() == 0:
+    # Group the boxes by (level, image) once: each group is one grid_sample call on a contiguous
+    # slice, and a single gather restores the input order (no zero-filled buffers, no scatters).
+    group = levels.long() * num_imgs + batch_idx.long()
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=len(features) * num_imgs).tolist()
+    sorted_boxes = boxes[order]
+    parts, start = [], 0
+    for g, count in enumerate(counts):
+        if count == 0:
             continue
-        b = boxes[rows] / stride  # aligned=True: pixel centre convention shared with grid_sample
-        xs = b[:, 0:1] + (b[:, 2:3] - b[:, 0:1]) * t  # (n, s*r)
+        lvl, img = divmod(g, num_imgs)
+        feat = features[lvl]
+        b = sorted_boxes[start:start + count] / strides[lvl]  # aligned=True: the pixel-centre convention
+        start += count
+        xs = b[:, 0:1] + (b[:, 2:3] - b[:, 0:1]) * t  # (count, s*r)
         ys = b[:, 1:2] + (b[:, 3:4] - b[:, 1:2]) * t
         pts = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)
-        vals = _sample_points(feat, pts.reshape(len(rows), -1, 2), batch_idx[rows])
-        vals = vals.reshape(len(rows), -1, s, r, s, r).mean(dim=(3, 5))
-        out[rows] = vals.to(out.dtype)
-    return out
+        size = pts.new_tensor([feat.shape[-1], feat.shape[-2]])
+        grid = (pts * (2.0 / size) - 1.0).reshape(1, count * s * r, s * r, 2)
+        vals = F.grid_sample(feat[img:img + 1], grid.to(feat.dtype), mode='bilinear', padding_mode='zeros',
+                             align_corners=False)
+        vals = vals[0].reshape(channels, count, s, r, s, r).mean(dim=(3, 5)).transpose(0, 1)
+        parts.append(vals.to(features[0].dtype))
+    if not parts:
+        return features[0].new_zeros(0, channels, s, s)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return torch.cat(parts)[inverse]
 
 
 def rotated_bev_grid_sample(bev: Tensor, boxes: Tensor, batch_idx: Tensor,
