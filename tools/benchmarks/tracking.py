@@ -349,8 +349,12 @@ def main() -> None:
     parser.add_argument('--check-runner', action='store_true',
                         help='also run configs/bytetrack_ebm_shapes-video.py through the Runner and MOTChallengeMetric')
     parser.add_argument('--out', default='docs/figures/tracking.md')
+    parser.add_argument('--render-only', action='store_true', help='rewrite the .md from the .json next to it')
     args = parser.parse_args()
     os.chdir(ROOT)
+    if args.render_only:
+        Path(args.out).write_text(render(json.loads(Path(args.out).with_suffix('.json').read_text())))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     import generate_mot_video
@@ -399,65 +403,77 @@ def main() -> None:
         print(f'[tracking] memory run: {args.long_frames} frames in {time.perf_counter() - t0:.0f} s', flush=True)
 
     cmd = 'python tools/benchmarks/tracking.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    result = dict(
+        command=cmd.strip(), config=cfg_path, checkpoint=ckpt, origin=origin,
+        det_refine={k: model.test_cfg[k] for k in ('num_steps', 'step_sizes', 'decay')},
+        track_refine=dict(num_steps=refiner.num_steps, step_sizes=list(np.atleast_1d(refiner.step_sizes).tolist())),
+        num_seqs=args.num_seqs, num_frames=args.num_frames, seed=args.seed, frames=n_frames, seconds=secs,
+        gt_boxes=int(sum(len(g) for g in gts.values())), threads=args.threads, sot_det_thr=args.sot_det_thr,
+        long_frames=args.long_frames, peak_rss_mb=peak_rss_mb(), mot=mot_rows, sot=sot_rows, detections=det_rows,
+        memory=memory, runner=check)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).with_suffix('.json').write_text(json.dumps(result, indent=1))
+    text = render(result)
+    print(text)
+    Path(args.out).write_text(text)
+
+
+def render(r: dict) -> str:
+    """The markdown report of a result (the .json next to it)."""
     md = [
         '# Tracking with EBM box refinement (generated shapes video)', '',
-        f'Command: `{cmd.strip()}`', '',
-        f'Detector + EBM: `{cfg_path}` with `{ckpt}` ({origin}); refinement of detections: '
-        f"{ {k: model.test_cfg[k] for k in ('num_steps', 'step_sizes', 'decay')} }; of tracks: "
-        f'num_steps={refiner.num_steps}, step_sizes={refiner.step_sizes}.',
-        f'Data: `tools/data/generate_mot_video.py`, {args.num_seqs} sequences x {args.num_frames} frames, 256 px, '
-        f'seed {args.seed} ({n_frames} frames, {sum(len(g) for g in gts.values())} GT boxes); one detector pass per '
-        f'frame feeds every variant ({n_frames / secs:.2f} frames/s for all variants together, '
-        f'{args.threads} thread(s)).', '',
-        '## MOT: mmdet ByteTracker (stock thresholds), trackeval (MOTChallenge preprocessing)', '',
+        f"Command: `{r['command']}`", '',
+        f"Detector + EBM: `{r['config']}` with `{r['checkpoint']}` ({r['origin']}); refinement of detections: "
+        f"{r['det_refine']}; of tracks: {r['track_refine']}.",
+        f"Data: `tools/data/generate_mot_video.py`, {r['num_seqs']} sequences x {r['num_frames']} frames, 256 px, "
+        f"seed {r['seed']} ({r['frames']} frames, {r['gt_boxes']} GT boxes); one detector pass per frame feeds every "
+        f"variant ({r['frames'] / r['seconds']:.2f} frames/s for all variants together, {r['threads']} thread(s)). "
+        'One seeded run on few frames, without confidence intervals: differences of about a point (0.01) are '
+        'not resolved by it.', '',
+        '## MOT: mmdet ByteTracker, trackeval (MOTChallenge preprocessing), motmetrics cross-check', '',
         '| detections | variant | HOTA | MOTA | IDF1 | IDSW | FP | FN | DetA | AssA | motmetrics MOTA | motmetrics IDF1 |',
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
-        *[f"| {r['source']} | {r['variant']} | {r['HOTA']:.4f} | {r['MOTA']:.4f} | {r['IDF1']:.4f} | {r['IDSW']} | "
-          f"{r['FP']} | {r['FN']} | {r['DetA']:.4f} | {r['AssA']:.4f} | {r['mm_MOTA']:.4f} | {r['mm_IDF1']:.4f} |"
-          for r in mot_rows], '',
+        *[f"| {m['source']} | {m['variant']} | {m['HOTA']:.4f} | {m['MOTA']:.4f} | {m['IDF1']:.4f} | {m['IDSW']} | "
+          f"{m['FP']} | {m['FN']} | {m['DetA']:.4f} | {m['AssA']:.4f} | {m['mm_MOTA']:.4f} | {m['mm_IDF1']:.4f} |"
+          for m in r['mot']], '',
         '`+ EBM dets`: detections refined by the EBM head (`refine_instances`, as `EBMRefineDetector`); `+ EBM '
         'tracks`: each track\'s Kalman-predicted box refined on the frame before association (`EBMByteTracker`). '
         'Within a detection source every row gets the same raw detections. `detector`: the Faster R-CNN\'s own '
         'detections with ByteTrack\'s stock thresholds (high 0.6, low 0.1, new track 0.7); `detector, low thr`: '
-        'the same detections, thresholds 0.3 / 0.1 / 0.4; `noisy GT`: simulated detections (GT boxes jittered, missed by visibility, low scores for '
-        'occluded objects, random false positives; `noisy_gt_detections`), which isolate the trackers and the '
-        'EBM from the detector\'s quality. Refinement always runs on the detector\'s neck features.', '',
+        'the same detections, thresholds 0.3 / 0.1 / 0.4; `noisy GT`: simulated detections (GT boxes jittered, '
+        'missed by visibility, low scores for occluded objects, random false positives; `noisy_gt_detections`), '
+        'which isolate the trackers and the EBM from the detector\'s quality. Refinement always runs on the '
+        'detector\'s neck features.', '',
         'Refinement of the detections alone (each GT object\'s best detection, IoU >= 0.3 to it):', '',
         '| detections | matched | mean IoU to GT, raw | after EBM refinement |', '|---|---|---|---|',
-        *[f"| {r['source']} | {r['matched']} | {r['iou_before']:.4f} | {r['iou_after']:.4f} |" for r in det_rows], '',
+        *[f"| {d['source']} | {d['matched']} | {d['iou_before']:.4f} | {d['iou_after']:.4f} |"
+          for d in r['detections']], '',
         '## Single object (OPE): constant-velocity tracker, success AUC (21 IoU thresholds)', '',
         '| variant | success AUC | mean IoU | scored frames |', '|---|---|---|---|',
-        *[f"| {r['variant']} | {r['success_auc']:.4f} | {r['mean_iou']:.4f} | {r['frames']} |" for r in sot_rows], '',
+        *[f"| {o['variant']} | {o['success_auc']:.4f} | {o['mean_iou']:.4f} | {o['frames']} |" for o in r['sot']], '',
         'Each GT track starts from its first GT box and is tracked alone: `constant velocity` (no measurement: '
         'the box stays), `+ EBM` (the prediction refined by `EBMBoxRefiner` each frame), `+ dets` (the '
-        f'best-overlapping detection with score >= {args.sot_det_thr} replaces the prediction at IoU >= 0.3), '
-        '`+ dets + EBM` (refined prediction, refined detections).', '',
+        f"best-overlapping detector detection with score >= {r['sot_det_thr']} replaces the prediction at IoU >= "
+        '0.3), `+ dets + EBM` (refined prediction, refined detections).', '',
     ]
-    if check:
+    if r['runner']:
         md += ['## Cross-check: the same model through mmdet\'s Runner (`configs/bytetrack_ebm_shapes-video.py`, '
                '`MOTChallengeDataset`, `MOTChallengeMetric` with PyPI trackeval)', '',
                'Detections: `detector`, stock thresholds; compare with the first block of the MOT table.', '',
                '| variant | HOTA | MOTA | IDF1 | IDSW | TP | FP | FN |', '|---|---|---|---|---|---|---|---|',
                *[f"| {k} | {v['HOTA']:.4f} | {v['MOTA']:.4f} | {v['IDF1']:.4f} | {int(v['IDSW'])} | {int(v['TP'])} | "
-                 f"{int(v['FP'])} | {int(v['FN'])} |" for k, v in check.items()], '']
-    if memory:
-        rss = [m for _, m, _, _ in memory]
+                 f"{int(v['FP'])} | {int(v['FN'])} |" for k, v in r['runner'].items()], '']
+    if r['memory']:
+        rss = [m for _, m, _, _ in r['memory']]
         md += ['## Memory over a long sequence: `EBMByteTrack` (both refinements), frame by frame', '',
-               f'One generated sequence of {args.long_frames} frames through the mmdet MOT model (`model.predict` '
+               f"One generated sequence of {r['long_frames']} frames through the mmdet MOT model (`model.predict` "
                'per frame, thresholds 0.3 / 0.1 / 0.4 so that tracks start and end throughout). Resident set size of '
                f'the process after the sampled frames: {min(rss):.0f}-{max(rss):.0f} MB, last minus first sample '
-               f'{rss[-1] - rss[0]:+.1f} MB; process peak {peak_rss_mb():.0f} MB (including the evaluation above).',
+               f"{rss[-1] - rss[0]:+.1f} MB; process peak {r['peak_rss_mb']:.0f} MB (including the evaluation above).",
                '',
                '| frame | RSS (MB) | tracks held by the tracker | tracks started so far |', '|---|---|---|---|',
-               *[f'| {f} | {m} | {n} | {c} |' for f, m, n, c in memory], '']
-    text = '\n'.join(md)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    Path(args.out).with_suffix('.json').write_text(json.dumps(dict(
-        command=cmd.strip(), config=cfg_path, checkpoint=ckpt, mot=mot_rows, sot=sot_rows, detections=det_rows,
-        memory=memory, runner=check,
-        frames=n_frames, seconds=secs), indent=1))
+               *[f'| {f} | {m} | {n} | {c} |' for f, m, n, c in r['memory']], '']
+    return '\n'.join(md)
 
 
 if __name__ == '__main__':
