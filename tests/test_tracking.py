@@ -357,3 +357,28 @@ def test_mot_model_refines_detections_and_tracks_through_runner(video, tmp_path,
     if not stock:
         assert seen['track_calls'] > 0 and seen['track_moved'] > 0
         assert model._track_feats == [] and model.tracker._frame is None  # no features kept after the video
+
+
+def test_mot_model_trains_only_the_ebm_head_on_still_images():
+    """The MOT17 config's training path at CPU scale: TrackDataPreprocessor(use_det_processor) ->
+    ByteTrack.loss -> EBMRefineDetector.loss: the EBM loss, the frozen detector untouched."""
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.structures import InstanceData
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'bytetrack_ebm_shapes-video.py'))
+    cfg.model.data_preprocessor.use_det_processor = True
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).train()
+    sample = DetDataSample(metainfo=dict(img_shape=(128, 128), ori_shape=(128, 128), scale_factor=(1., 1.)))
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[10., 20., 80., 90.], [60., 50., 120., 110.]]),
+                                       labels=torch.tensor([0, 3]))
+    data = model.data_preprocessor(
+        dict(inputs=[torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8)], data_samples=[sample]), True)
+    losses = model.loss(data['inputs'], data['data_samples'])
+    assert set(losses) == {'loss_ebm'} and torch.isfinite(losses['loss_ebm'])
+    losses['loss_ebm'].backward()
+    assert model.detector.ebm_head.fc_score.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.detector.detector.parameters())
