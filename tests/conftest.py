@@ -2,6 +2,7 @@
 import importlib.util
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,17 @@ def tiny_shapes_config(tmp_path: Path, base: str, data_root: Path, max_iters: in
     path = tmp_path / f'tiny_{Path(base).stem}.py'
     path.write_text(textwrap.dedent(text) + textwrap.dedent(extra))
     return path
+
+
+def run_config(cfg_path, work_dir, checkpoint=None, test=False, **options):
+    """Train (or test, loading ``checkpoint``) a config through the mmengine Runner."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(str(cfg_path))
+    cfg.work_dir = str(work_dir)
+    cfg.experiment_name = uuid.uuid4().hex  # several runners in one process
+    cfg.merge_from_dict(options)
+    if checkpoint:
+        cfg.load_from = str(checkpoint)
+    runner = Runner.from_cfg(cfg)
+    return runner.test() if test else runner.train()

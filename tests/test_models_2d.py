@@ -1,12 +1,11 @@
 """The mmdet layer: registration, EBMBoxHead, EBMRefineDetector through the mmengine Runner."""
 import subprocess
 import sys
-import uuid
 
 import pytest
 import torch
 
-from conftest import ROOT, tiny_shapes_config
+from conftest import ROOT, run_config, tiny_shapes_config
 
 mmdet = pytest.importorskip('mmdet')
 import ebm_det  # noqa: E402,F401
@@ -110,19 +109,6 @@ def test_swap_initial_fields():
     assert sample['pred_instances']['bboxes'] == 1  # input untouched
 
 
-def _run(cfg_path, work_dir, checkpoint=None, test=False, **options):
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-    cfg = Config.fromfile(str(cfg_path))
-    cfg.work_dir = str(work_dir)
-    cfg.experiment_name = uuid.uuid4().hex  # several runners in one process
-    cfg.merge_from_dict(options)
-    if checkpoint:
-        cfg.load_from = str(checkpoint)
-    runner = Runner.from_cfg(cfg)
-    return runner.test() if test else runner.train()
-
-
 def _last_checkpoint(work_dir):
     return (work_dir / 'last_checkpoint').read_text().strip()
 
@@ -132,11 +118,11 @@ def trained(shapes_root, tmp_path_factory):
     """A detector trained 2 iterations, then an EBM head trained 3 iterations on it."""
     tmp = tmp_path_factory.mktemp('runner')
     det_cfg = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_shapes.py', shapes_root, max_iters=2)
-    _run(det_cfg, tmp / 'det')
+    run_config(det_cfg, tmp / 'det')
     det_ckpt = _last_checkpoint(tmp / 'det')
     ebm_cfg = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root, max_iters=3,
                                  extra=f"model = dict(detector_checkpoint='{det_ckpt}')\n")
-    _run(ebm_cfg, tmp / 'ebm')
+    run_config(ebm_cfg, tmp / 'ebm')
     return dict(tmp=tmp, det_ckpt=det_ckpt, ebm_cfg=ebm_cfg, ebm_ckpt=_last_checkpoint(tmp / 'ebm'))
 
 
@@ -145,11 +131,11 @@ def test_runner_train_freezes_detector_and_tests_before_after(trained):
     det_state = torch.load(trained['det_ckpt'], map_location='cpu', weights_only=True)['state_dict']
     for k, v in det_state.items():  # the frozen detector is exactly the loaded one
         assert torch.equal(state['detector.' + k], v), k
-    metrics = _run(trained['ebm_cfg'], trained['tmp'] / 'test', trained['ebm_ckpt'], test=True)
+    metrics = run_config(trained['ebm_cfg'], trained['tmp'] / 'test', trained['ebm_ckpt'], test=True)
     for name in ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l'):
         assert f'coco/{name}' in metrics and f'coco_init/{name}' in metrics
     # with refinement off, the two reports are the same boxes
-    same = _run(trained['ebm_cfg'], trained['tmp'] / 'test_off', trained['ebm_ckpt'], test=True,
+    same = run_config(trained['ebm_cfg'], trained['tmp'] / 'test_off', trained['ebm_ckpt'], test=True,
                 **{'model.test_cfg.enabled': False})
     assert same['coco/bbox_mAP'] == same['coco_init/bbox_mAP']
 
@@ -161,7 +147,7 @@ def test_runner_resume_under_weights_only(trained, shapes_root):
                              extra=f"model = dict(detector_checkpoint='{trained['det_ckpt']}')\n")
     import shutil
     shutil.copytree(tmp / 'ebm', tmp / 'resume')
-    _run(cfg, tmp / 'resume', resume=True)
+    run_config(cfg, tmp / 'resume', resume=True)
     assert _last_checkpoint(tmp / 'resume').endswith('iter_4.pth')
 
 

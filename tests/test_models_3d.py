@@ -2,13 +2,12 @@
 KITTI-format scenes (tools/data/generate_kitti_scenes.py), and the CPU-scale 3D configs."""
 import math
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, load_tool
+from conftest import ROOT, load_tool, run_config
 
 pytest.importorskip('mmdet3d')
 import ebm_det  # noqa: E402,F401
@@ -182,19 +181,6 @@ def _tiny_config(tmp: Path, base: str, data_root: str, max_iters: int = 2, extra
     return path
 
 
-def _run(cfg_path, work_dir, checkpoint=None, test=False, **options):
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-    cfg = Config.fromfile(str(cfg_path))
-    cfg.work_dir = str(work_dir)
-    cfg.experiment_name = uuid.uuid4().hex  # several runners in one process
-    cfg.merge_from_dict(options)
-    if checkpoint:
-        cfg.load_from = str(checkpoint)
-    runner = Runner.from_cfg(cfg)
-    return runner.test() if test else runner.train()
-
-
 @pytest.fixture(scope='module')
 def trained3d(tmp_path_factory):
     """4 train + 10 val generated frames; a PointPillars trained 2 iterations, then an EBM head
@@ -203,14 +189,14 @@ def trained3d(tmp_path_factory):
     gen = load_tool('tools/data/generate_kitti_scenes.py')
     root = gen.generate(str(tmp / 'kitti_gen'), num_train=4, num_val=10, seed=0)['root']
     det_cfg = _tiny_config(tmp, 'pointpillars_kitti-gen_car.py', root)
-    _run(det_cfg, tmp / 'det')
+    run_config(det_cfg, tmp / 'det')
     det_ckpt = (tmp / 'det' / 'last_checkpoint').read_text().strip()
     # score_thr 0: the 2-iteration detector's boxes all reach the EBM (else nothing to refine)
     ebm_cfg = _tiny_config(tmp, 'pointpillars_ebm-nce_kitti-gen_car.py', root, extra=f"""
         model = dict(detector_checkpoint='{det_ckpt}', detector=dict(test_cfg=dict(score_thr=0.0, max_num=20)),
                      ebm_head=dict(loss=dict(num_samples=16)))
         """)
-    _run(ebm_cfg, tmp / 'ebm')
+    run_config(ebm_cfg, tmp / 'ebm')
     return dict(tmp=tmp, root=root, det_ckpt=det_ckpt, ebm_cfg=ebm_cfg,
                 ebm_ckpt=(tmp / 'ebm' / 'last_checkpoint').read_text().strip())
 
@@ -221,14 +207,14 @@ def test_runner_trains_frozen_detector_and_reports_before_after(trained3d):
     assert det_state and any(k.startswith('ebm_head.') for k in state)
     for k, v in det_state.items():  # the frozen detector is exactly the loaded one (BN stats too)
         assert torch.equal(state['detector.' + k], v), k
-    metrics = _run(trained3d['ebm_cfg'], trained3d['tmp'] / 'test', trained3d['ebm_ckpt'], test=True)
+    metrics = run_config(trained3d['ebm_cfg'], trained3d['tmp'] / 'test', trained3d['ebm_ckpt'], test=True)
     for kind in ('3D', 'BEV', '2D'):
         assert f'Kitti metric/{AP_KEY.format(kind)}' in metrics
         assert f'Kitti metric_init/{AP_KEY.format(kind)}' in metrics
     assert len([k for k in metrics if k.startswith('Kitti metric_init/')]) == \
         len([k for k in metrics if k.startswith('Kitti metric/')])
     # refinement off: both reports score the same boxes
-    same = _run(trained3d['ebm_cfg'], trained3d['tmp'] / 'test_off', trained3d['ebm_ckpt'], test=True,
+    same = run_config(trained3d['ebm_cfg'], trained3d['tmp'] / 'test_off', trained3d['ebm_ckpt'], test=True,
                 **{'model.test_cfg.enabled': False})
     for key, value in same.items():
         if key.startswith('Kitti metric/'):
