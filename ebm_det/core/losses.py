@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .noise import GMMNoise
+
 ScoreFn = Callable[[Tensor], Tensor]
 
 
@@ -165,13 +167,13 @@ def ebm_loss(method: str,
                      "'nce_plus', 'nce', 'ml_is', 'kld_is', 'dsm', 'ml_mcmc'")
 
 
-class GaussianLogProb:
-    """log N(samples; centers, sigma^2 I) as a callable: (N, M, D), (N, D) -> (N, M)."""
+class GaussianLogProb(GMMNoise):
+    """log N(samples; centers, sigma^2 I) as a callable: (N, M, D), (N, D) -> (N, M); the
+    one-component ``GMMNoise``."""
 
     def __init__(self, sigma: float) -> None:
+        super().__init__([sigma])
         self.sigma = sigma
 
     def __call__(self, samples: Tensor, centers: Tensor) -> Tensor:
-        d = samples.shape[-1]
-        sq = ((samples - centers[:, None]) / self.sigma)**2
-        return -0.5 * sq.sum(-1) - d * math.log(self.sigma) - 0.5 * d * math.log(2 * math.pi)
+        return self.log_prob(samples, centers)

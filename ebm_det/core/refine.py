@@ -94,7 +94,7 @@ def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
     active = index  # rows still refining
     steps = 0
     for steps in range(1, num_steps + 1):
-        ya, ra = y[active], None if ref is None else ref[active]
+        ya, ra = y[active], ref[active]
         step = lam[active] * grad[active]
         cand = space.project(ya + step)
         cand_scores, cand_grad = _score_and_grad(score_fn, space, cand, ra, active)
