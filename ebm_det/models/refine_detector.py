@@ -53,9 +53,10 @@ def refine_instances(ebm_head, feats, preds: list, img_metas: List[dict], scale_
             (``metainfo['scale_factor']`` for boxes rescaled to the original image), or None
             when the boxes are already in input pixels.
         cfg: num_steps, step_sizes, decay, tol, max_per_img, score_thr, min_size, chunk_size,
-            rescore_weight (see ``EBMRefineDetector``).
+            rescore_weight; missing keys take ``EBMRefineDetector.default_test_cfg``.
     Adds ``bboxes_init``, ``scores_init`` and ``ebm_scores`` to each InstanceData.
     """
+    cfg = {**EBMRefineDetector.default_test_cfg, **cfg}  # one set of defaults
     device = feats[0].device
     factors = [feats[0].new_tensor(f if scale_factors else (1.0, 1.0)).repeat(2)
                for f in (scale_factors or [None] * len(preds))]
@@ -65,17 +66,17 @@ def refine_instances(ebm_head, feats, preds: list, img_metas: List[dict], scale_
     counts = [len(p) for p in preds]
     batch_idx = torch.repeat_interleave(torch.arange(len(preds), device=device), torch.tensor(counts, device=device))
     # non-finite or (near) zero-size boxes have no relative box space: left unrefined
-    valid = torch.isfinite(boxes).all(-1) & ((boxes[:, 2:] - boxes[:, :2]) > cfg.get('min_size', 1e-2)).all(-1)
-    sel = select_for_refinement(scores, valid, batch_idx, len(preds), cfg.get('score_thr', 0.0),
-                                cfg.get('max_per_img', 100))
+    valid = torch.isfinite(boxes).all(-1) & ((boxes[:, 2:] - boxes[:, :2]) > cfg['min_size']).all(-1)
+    sel = select_for_refinement(scores, valid, batch_idx, len(preds), cfg['score_thr'],
+                                cfg['max_per_img'])
     img_shapes = torch.tensor([m['img_shape'][:2] for m in img_metas], device=device)
     refined, ebm = boxes.clone(), torch.full_like(scores, float('-inf'))
     res = ebm_head.refine(feats, boxes[sel], batch_idx[sel], labels[sel], img_shapes,
-                          cfg.get('step_sizes', (8e-4, 8e-4, 3.2e-3, 3.2e-3)), cfg.get('num_steps', 10),
-                          cfg.get('decay', 0.5), cfg.get('tol', 0.0), cfg.get('chunk_size'))
+                          cfg['step_sizes'], cfg['num_steps'],
+                          cfg['decay'], cfg['tol'], cfg['chunk_size'])
     refined[sel], ebm[sel] = res.boxes, res.scores
     new_scores = scores.clone()
-    w = cfg.get('rescore_weight', 0.0)
+    w = cfg['rescore_weight']
     if w > 0:
         new_scores[sel] = scores[sel].clamp(min=1e-12)**(1 - w) * torch.sigmoid(res.scores)**w
     for p, f, b, e, s in zip(preds, factors, refined.split(counts), ebm.split(counts), new_scores.split(counts)):
