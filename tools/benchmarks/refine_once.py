@@ -1,8 +1,10 @@
 """Time one EBMBoxHead.refine call: 100 random boxes, T = 10, on random 256-channel P2-P5 maps of
-an 800x1344 image (median of 3 after a warm-up). A quick check of sampler changes:
+an 800x1344 image (median of 3 after a warm-up). A quick check of head and sampler levers:
 
-    python tools/benchmarks/refine_once.py
+    python tools/benchmarks/refine_once.py [--reduced-channels 64] [--fc-channels 512] [--compile]
+        [--profile]
 """
+import argparse
 import time
 
 import torch
@@ -11,9 +13,20 @@ import ebm_det  # noqa: F401
 from ebm_det.models import EBMBoxHead
 
 
-def main(n: int = 100) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--boxes', type=int, default=100)
+    parser.add_argument('--reduced-channels', type=int, default=None)
+    parser.add_argument('--fc-channels', type=int, default=1024)
+    parser.add_argument('--compile', action='store_true', help='torch.compile the fc layers')
+    parser.add_argument('--profile', action='store_true', help='print the top ops of one call')
+    args = parser.parse_args()
+    n = args.boxes
     torch.manual_seed(0)
-    head = EBMBoxHead(num_classes=80, in_channels=256)
+    head = EBMBoxHead(num_classes=80, in_channels=256, reduced_channels=args.reduced_channels,
+                      fc_channels=args.fc_channels).eval()
+    if args.compile:
+        head.fcs = torch.compile(head.fcs)
     feats = [torch.randn(1, 256, 200 // s, 336 // s) for s in (1, 2, 4, 8)]
     g = torch.Generator().manual_seed(1)
     xy = torch.rand(n, 2, generator=g) * torch.tensor([1000., 500.])
@@ -27,7 +40,12 @@ def main(n: int = 100) -> None:
             t = time.perf_counter()
             res = head.refine(feats, boxes, idx, idx, shapes, num_steps=10)
             times.append(time.perf_counter() - t)
-    print(f'refine {n} boxes, T=10: median {sorted(times)[1]:.3f} s (checksum {float(res.boxes.sum()):.3f})')
+        if args.profile:
+            with torch.profiler.profile() as prof:
+                head.refine(feats, boxes, idx, idx, shapes, num_steps=10)
+            print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15))
+    print(f'refine {n} boxes, T=10, {vars(args)}: median {sorted(times)[1]:.3f} s '
+          f'(checksum {float(res.boxes.sum()):.3f})')
 
 
 if __name__ == '__main__':

@@ -3,7 +3,8 @@
     python tools/benchmarks/refine_speed.py [--device cpu|cuda] [--repeats 3] [--out docs/figures/refine_speed.md]
 
 1. refine vs detector: Faster R-CNN R50-FPN and RetinaNet R50-FPN (random weights) at 800x1333,
-   100 boxes per image, T = 10, batch 1 and 2: detector inference time, refinement time, ratio.
+   100 boxes per image, T = 10, batch 1 and 2: detector inference time, refinement time, ratio;
+   PointPillars (KITTI car config) on a KITTI-size cloud (120k points), 50 boxes, batch 1 and 2.
 2. refine vs floor: box-steps per second, and the time of 3*T head forwards for the same boxes
    over the refinement time (the floor: each step is a forward, a backward ~ 2 forwards).
 3. training overhead: an NCE+ EBM train step (frozen detector's features, M = 128 samples per
@@ -39,13 +40,12 @@ def timed(fn, repeats: int, device: str) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def build_detector(config: str, device: str):
+def build_detector(config: str, device: str, scope: str = 'mmdet'):
     import ebm_det  # noqa: F401
     from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
+    from mmengine.registry import MODELS, init_default_scope
     cfg = Config.fromfile(str(ROOT / 'configs' / config))
-    init_default_scope('mmdet')
+    init_default_scope(scope)
     model = MODELS.build(cfg.model)
     model.init_weights = lambda: None
     return model.to(device).eval()
@@ -76,6 +76,13 @@ def random_boxes(batch: int, per_img: int, h: int, w: int, device: str):
         80, (batch * per_img, ), generator=g).to(device)
 
 
+def _row(detector: str, batch: int, n: int, steps: int, t_det: float, t_ref: float, t_fwd: float) -> dict:
+    row = dict(detector=detector, batch=batch, boxes=n, det_s=t_det, refine_s=t_ref, ratio=t_ref / t_det,
+               box_steps_per_s=n * steps / t_ref, floor_s=3 * steps * t_fwd, floor_ratio=3 * steps * t_fwd / t_ref)
+    print(row, flush=True)
+    return row
+
+
 def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_img: int = 100, steps: int = 10):
     wrapper = build_detector(config, device)
     head = wrapper.ebm_head
@@ -92,11 +99,40 @@ def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_i
             fmaps = head.prepare_features(feats)
             levels = head.map_levels(boxes)
             t_fwd = timed(lambda: head.score(fmaps, boxes, bidx, levels, labels), repeats, device)
-        n = len(boxes)
-        rows.append(dict(detector=config.split('_ebm')[0], batch=batch, boxes=n, det_s=t_det, refine_s=t_ref,
-                         ratio=t_ref / t_det, box_steps_per_s=n * steps / t_ref, floor_s=3 * steps * t_fwd,
-                         floor_ratio=3 * steps * t_fwd / t_ref))
-        print(rows[-1], flush=True)
+        rows.append(_row(config.split('_ebm')[0], batch, len(boxes), steps, t_det, t_ref, t_fwd))
+    return rows
+
+
+def bench_refine_vs_pointpillars(device: str, repeats: int, boxes_per_frame: int = 50, steps: int = 10,
+                                 points: int = 120000):
+    """The same for the full-scale PointPillars car config: a random cloud over KITTI's range."""
+    from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
+    config = 'pointpillars_hv_secfpn_ebm-nce_kitti-3d-car.py'
+    wrapper = build_detector(config, device, scope='mmdet3d')
+    head = wrapper.ebm_head
+    g = torch.Generator().manual_seed(0)
+    lo, hi = torch.tensor([0.0, -39.68, -3.0, 0.0]), torch.tensor([69.12, 39.68, 1.0, 1.0])
+    rows = []
+    for batch in (1, 2):
+        clouds = [(lo + (hi - lo) * torch.rand(points, 4, generator=g)).to(device) for _ in range(batch)]
+        samples = [Det3DDataSample(metainfo=dict(box_type_3d=LiDARInstance3DBoxes, sample_idx=i)) for i in range(batch)]
+        data = dict(inputs=dict(points=clouds), data_samples=samples)
+        with torch.no_grad():
+            t_det = timed(lambda: wrapper.detector.test_step(data), repeats, device)
+            inputs = wrapper.detector.data_preprocessor(data, False)['inputs']
+            feats = wrapper.detector.extract_feat(inputs)
+        n = batch * boxes_per_frame
+        xyz = lo[:3] + (hi[:3] - lo[:3]) * torch.rand(n, 3, generator=g)
+        size = torch.tensor([3.9, 1.6, 1.56]) * (0.8 + 0.4 * torch.rand(n, 3, generator=g))
+        yaw = (torch.rand(n, 1, generator=g) * 2 - 1) * torch.pi
+        boxes = torch.cat([xyz, size, yaw], 1).to(device)
+        bidx = torch.arange(batch, device=device).repeat_interleave(boxes_per_frame)
+        labels = torch.zeros(n, dtype=torch.long, device=device)
+        with torch.no_grad():
+            t_ref = timed(lambda: head.refine(feats, boxes, bidx, labels, num_steps=steps), repeats, device)
+            bev = head.prepare_features(feats)
+            t_fwd = timed(lambda: head.score(bev, boxes, bidx, labels), repeats, device)
+        rows.append(_row('pointpillars_kitti-3d-car', batch, n, steps, t_det, t_ref, t_fwd))
     return rows
 
 
@@ -200,6 +236,7 @@ def main() -> None:
     if 'refine' not in args.skip:
         for cfg in ('faster-rcnn_r50_fpn_ebm-nceplus_1x_coco.py', 'retinanet_r50_fpn_ebm-nceplus_1x_coco.py'):
             res['refine'] += bench_refine_vs_detector(cfg, args.device, args.repeats)
+        res['refine'] += bench_refine_vs_pointpillars(args.device, args.repeats)
     if 'train' not in args.skip:
         res['train'] = bench_train_overhead(args.device, args.repeats)
     if 'memory' not in args.skip:
