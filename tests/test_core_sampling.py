@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from ebm_det.core.sampling import roi_grid_sample, rotated_bev_grid_sample
+from ebm_det.core.sampling import roi_grid_sample, rotated_bev_grid_sample, sampling_layout, sort_by_group
 
 devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 f64 = torch.float64
@@ -78,6 +78,18 @@ def test_roi_grid_sample_matches_slow_reference(dtype, device):
     ref = _slow_roi_align(feats, boxes.cpu(), batch_idx, levels, strides, 3, 2)
     tol = 1e-10 if dtype == f64 else 1e-5
     torch.testing.assert_close(out.double().cpu(), ref, rtol=tol, atol=tol)
+    # the layout the heads sample in (channels-last on CPU) gives the same values
+    cl = [sampling_layout(f) for f in feats]
+    if device == 'cpu':
+        assert all(f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous() for f in cl)
+    torch.testing.assert_close(roi_grid_sample(cl, boxes.to(dtype), batch_idx, levels, strides, 3, 2), out,
+                               rtol=tol, atol=tol)
+    # boxes given already grouped by (level, image) take the path without sort and gather
+    order, inverse = sort_by_group(levels, batch_idx, 2)
+    assert not torch.equal(order, torch.arange(6, device=device))
+    grouped = roi_grid_sample(feats, boxes[order].to(dtype), batch_idx[order], levels[order], strides, 3, 2)
+    torch.testing.assert_close(grouped, out[order], rtol=0, atol=0)
+    torch.testing.assert_close(grouped[inverse], out, rtol=0, atol=0)
     # a box entirely outside the map samples zeros; an empty batch gives an empty output
     far = torch.tensor([[100., 100., 120., 130.]], dtype=dtype, device=device)
     zero = roi_grid_sample(feats, far, batch_idx[:1], levels[:1], strides, out_size=3)
@@ -110,6 +122,11 @@ def test_roi_grid_sample_gradcheck(device):
         return roi_grid_sample([f0, f1], b, batch_idx, levels, strides, out_size=2, sampling_ratio=2)
 
     assert gradcheck(fn, (boxes, *feats), eps=1e-6, atol=1e-5)
+    cl = [sampling_layout(f.detach()).requires_grad_(True) for f in feats]
+    assert gradcheck(fn, (boxes, *cl), eps=1e-6, atol=1e-5)  # channels-last maps
+    order, _ = sort_by_group(levels, batch_idx, 2)  # the grouped path (no sort, no gather)
+    assert gradcheck(lambda b, f0, f1: roi_grid_sample([f0, f1], b, batch_idx[order], levels[order], strides, 2, 2),
+                     (boxes.detach()[order].requires_grad_(True), *feats), eps=1e-6, atol=1e-5)
     # every box coordinate gets a gradient (also the boxes partly outside)
     fn(boxes, *feats).pow(2).sum().backward()
     assert bool((boxes.grad.abs() > 0).all())
@@ -188,6 +205,9 @@ def test_rotated_bev_gradcheck(device):
     assert bool((cover[:2] == 1).all()) and bool((cover[2:] < 1).any(-1).any(-1).all())
     assert bool((cover[2:] > 0).any(-1).any(-1).all())
     assert gradcheck(fn, (boxes, bev), eps=1e-6, atol=1e-5)
+    bev_cl = sampling_layout(bev.detach()).requires_grad_(True)  # the 3D head's layout on CPU
+    torch.testing.assert_close(fn(boxes, bev_cl), fn(boxes, bev), rtol=1e-12, atol=1e-12)
+    assert gradcheck(fn, (boxes, bev_cl), eps=1e-6, atol=1e-5)
     fn(boxes, bev).pow(2).sum().backward()
     # z and h do not move the BEV footprint: exactly zero gradient; x, y, l, w, yaw do
     assert bool((boxes.grad[:, [2, 5]] == 0).all())

@@ -11,6 +11,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def sampling_layout(feat: Tensor) -> Tensor:
+    """The memory layout to sample ``feat`` (B, C, H, W) in: channels-last on CPU, unchanged elsewhere.
+
+    CPU ``grid_sample`` on an NCHW map reads one channel plane at a time, so on a large map every
+    bilinear tap misses the cache once per channel; channels-last reads the C values of a tap
+    together. 100 boxes x 14 x 14 points on a 256 x 200 x 336 map (P2 of an 800x1344 image),
+    forward + backward to the grid, one thread: 594 ms NCHW, 61 ms channels-last; on a 25 x 42
+    map 41 vs 28 ms. The values are the same up to float rounding.
+    """
+    if feat.device.type == 'cpu' and feat.dim() == 4:
+        return feat.contiguous(memory_format=torch.channels_last)
+    return feat
+
+
 def _sample_points(feat: Tensor, points: Tensor, batch_idx: Tensor) -> Tensor:
     """Bilinear samples of ``feat`` (B, C, H, W) at pixel coordinates ``points`` (n, P, 2) (x, y),
     with pixel centres at integer + 0.5 and zeros outside the map. Returns (n, C, P).
@@ -50,12 +64,16 @@ def roi_grid_sample(features: Sequence[Tensor], boxes: Tensor, batch_idx: Tensor
     num_imgs, channels = features[0].shape[:2]
     # offsets of the s*r sample points along a unit-length side, in (0, 1)
     t = (torch.arange(s * r, device=boxes.device, dtype=boxes.dtype) + 0.5) / (s * r)
-    # Group the boxes by (level, image) once: each group is one grid_sample call on a contiguous
-    # slice, and a single gather restores the input order (no zero-filled buffers, no scatters).
+    # Group the boxes by (level, image): each group is one grid_sample call on a contiguous slice,
+    # and a single gather restores the input order (no zero-filled buffers, no scatters). Boxes
+    # that come already grouped (``sort_by_group``) skip the sort and the gather; the counts and
+    # that check cost one host sync.
     group = levels.long() * num_imgs + batch_idx.long()
-    order = torch.argsort(group, stable=True)
-    counts = torch.bincount(group, minlength=len(features) * num_imgs).tolist()
-    sorted_boxes = boxes[order]
+    grouped = (group[1:] >= group[:-1]).all() if len(group) > 1 else group.new_ones((), dtype=torch.bool)
+    stats = torch.cat([torch.bincount(group, minlength=len(features) * num_imgs), grouped.long()[None]]).tolist()
+    counts, grouped = stats[:-1], bool(stats[-1])
+    order = None if grouped else torch.argsort(group, stable=True)
+    sorted_boxes = boxes if grouped else boxes[order]
     parts, start = [], 0
     for g, count in enumerate(counts):
         if count == 0:
@@ -75,9 +93,20 @@ def roi_grid_sample(features: Sequence[Tensor], boxes: Tensor, batch_idx: Tensor
         parts.append(vals.to(features[0].dtype))
     if not parts:
         return features[0].new_zeros(0, channels, s, s)
+    if grouped:
+        return torch.cat(parts)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
     return torch.cat(parts)[inverse]
+
+
+def sort_by_group(levels: Tensor, batch_idx: Tensor, num_imgs: int):
+    """(order, inverse): ``x[order]`` lists boxes grouped by (level, image) as ``roi_grid_sample``
+    wants them (it then skips its own sort and gather); ``y[inverse]`` restores the input order."""
+    order = torch.argsort(levels.long() * num_imgs + batch_idx.long(), stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return order, inverse
 
 
 def rotated_bev_grid_sample(bev: Tensor, boxes: Tensor, batch_idx: Tensor,

@@ -9,7 +9,8 @@ from mmdet.structures.bbox import get_box_tensor
 from mmengine.model import BaseModule
 from torch import Tensor
 
-from ebm_det.core import GMMNoise, RelativeBox2DSpace, ebm_loss, refine_by_gradient_ascent, roi_grid_sample
+from ebm_det.core import (GMMNoise, RelativeBox2DSpace, ebm_loss, refine_by_gradient_ascent, roi_grid_sample,
+                          sampling_layout, sort_by_group)
 
 
 @MODELS.register_module()
@@ -80,7 +81,8 @@ class EBMBoxHead(BaseModule):
     def prepare_features(self, feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """The levels this head samples from, channel-reduced once per image if configured."""
         feats = tuple(feats[:len(self.featmap_strides)])
-        return tuple(self.reduce(f) for f in feats) if self.reduce is not None else feats
+        feats = tuple(self.reduce(f) for f in feats) if self.reduce is not None else feats
+        return tuple(sampling_layout(f) for f in feats)
 
     def map_levels(self, boxes: Tensor) -> Tensor:
         """(N, 4) boxes -> (N,) FPN level, mmdet's rule; fixed for a box while it is refined."""
@@ -117,6 +119,9 @@ class EBMBoxHead(BaseModule):
         if boxes.numel() == 0:  # keep every parameter in the graph for DDP
             return dict(loss_ebm=sum(p.sum() for p in self.parameters()) * 0.0)
         levels = self.map_levels(boxes)
+        # grouped by (level, image), the samples need no sort or gather in the sampler
+        order, _ = sort_by_group(levels, batch_idx, feats[0].shape[0])
+        boxes, labels, batch_idx, levels = boxes[order], labels[order], batch_idx[order], levels[order]
         ref = boxes[:, None]
 
         def score_fn(y: Tensor) -> Tensor:  # (N, M, 4) in the relative space -> (N, M)
@@ -138,6 +143,11 @@ class EBMBoxHead(BaseModule):
         """
         feats = self.prepare_features(feats)
         levels = self.map_levels(boxes)
+        # refined in (level, image) order, so every step's sampling skips its sort and gather
+        order, inverse = sort_by_group(levels, batch_idx, feats[0].shape[0])
+        boxes, batch_idx, levels, labels = boxes[order], batch_idx[order], levels[order], labels[order]
+        lam = torch.as_tensor(step_sizes, dtype=torch.float64)
+        step_sizes = lam[order.to(lam.device)] if lam.dim() == 2 else step_sizes  # (N, 4) per-box steps follow
 
         def score_fn(b: Tensor, idx: Tensor) -> Tensor:
             return self.score(feats, b, batch_idx[idx], levels[idx], labels[idx])
@@ -146,4 +156,4 @@ class EBMBoxHead(BaseModule):
                                         space=self.space, tol=tol, chunk_size=chunk_size)
         hw = img_shapes.to(boxes)[batch_idx]
         clipped = torch.minimum(res.boxes.clamp(min=0), hw.flip(-1).repeat(1, 2))
-        return res._replace(boxes=clipped)
+        return res._replace(boxes=clipped[inverse], scores=res.scores[inverse], init_scores=res.init_scores[inverse])

@@ -7,7 +7,8 @@ from mmdet3d.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor
 
-from ebm_det.core import Box3DSpace, GMMNoise, ebm_loss, refine_by_gradient_ascent, rotated_bev_grid_sample
+from ebm_det.core import (Box3DSpace, GMMNoise, ebm_loss, refine_by_gradient_ascent, rotated_bev_grid_sample,
+                          sampling_layout)
 
 
 def _paper_sigmas_3d() -> List[List[float]]:
@@ -78,7 +79,7 @@ class EBMBoxHead3D(BaseModule):
     def prepare_features(self, feats) -> Tensor:
         """The BEV map: neck levels (same resolution) concatenated, then optionally reduced."""
         bev = torch.cat(list(feats), dim=1) if isinstance(feats, (list, tuple)) else feats
-        return self.reduce(bev) if self.reduce is not None else bev
+        return sampling_layout(self.reduce(bev) if self.reduce is not None else bev)
 
     def score(self, bev: Tensor, boxes: Tensor, batch_idx: Tensor, labels: Tensor) -> Tensor:
         """f(x, y): bev (B, C, H, W); boxes (N, 7) LiDAR (x, y, z, l, w, h, yaw); -> (N,)."""

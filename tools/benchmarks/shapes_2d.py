@@ -25,10 +25,10 @@ VARIANTS = {
 }
 
 
-def run_test(work: Path, data: str, name: str, options: list) -> dict:
+def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict:
     out = work / f'metrics_{len(list(work.glob("metrics_*.json")))}.json'
     ann = f'{data}/annotations/instances_val.json'
-    cmd = [sys.executable, 'tools/test.py', EBM_CFG, (work / 'ebm' / 'last_checkpoint').read_text().strip(),
+    cmd = [sys.executable, 'tools/test.py', EBM_CFG, (work / ebm_dir / 'last_checkpoint').read_text().strip(),
            '--work-dir', str(work / 'test'), '--out-json', str(out), '--cfg-options',
            f'test_dataloader.dataset.data_root={data}/', f'test_evaluator.0.ann_file={ann}',
            f'test_evaluator.1.metric.ann_file={ann}', *options]
@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument('--data', default='data/shapes_bench')
     parser.add_argument('--work', default='work_dirs/bench_2d')
     parser.add_argument('--out', default='docs/figures/shapes_2d.md')
+    parser.add_argument('--reduced-channels', type=int, nargs='*', default=[],
+                        help='also train EBM heads with a 1x1 reduction to these channels (a speed lever) and test them')
     args = parser.parse_args()
     work = ROOT / args.work
     env = dict(os.environ, DATA=args.data, WORK=args.work, NUM_TRAIN=str(args.num_train), NUM_VAL=str(args.num_val),
@@ -90,10 +92,25 @@ def main() -> None:
             '| boxes | ' + ' | '.join(k.replace('bbox_', '') for k in KEYS) + ' |',
             '|---|' + '---|' * len(KEYS)]
     for i, (name, options) in enumerate(VARIANTS.items()):
-        m = run_test(work, args.data, name, options)
+        m = run_test(work, args.data, options)
         if i == 0:
             rows.append('| detector (before) | ' + ' | '.join(f"{100 * m['coco_init/' + k]:.1f}" for k in KEYS) + ' |')
         rows.append(f'| refined: {name} | ' + ' | '.join(f"{100 * m['coco/' + k]:.1f}" for k in KEYS) + ' |')
+    for r in args.reduced_channels:
+        ebm_dir, option = f'ebm_reduced{r}', f'model.ebm_head.reduced_channels={r}'
+        if not (work / ebm_dir / 'last_checkpoint').exists():
+            det_ckpt = (work / 'det' / 'last_checkpoint').read_text().strip()
+            subprocess.run([sys.executable, 'tools/train.py', EBM_CFG, '--work-dir', str(work / ebm_dir), '--cfg-options',
+                            f'train_dataloader.dataset.data_root={args.data}/', f'model.detector_checkpoint={det_ckpt}',
+                            option, f'train_cfg.max_iters={args.ebm_iters}', 'val_cfg=None', 'val_dataloader=None',
+                            'val_evaluator=None', f'default_hooks.checkpoint.interval={args.ebm_iters}',
+                            f'param_scheduler.0.end={args.ebm_iters}',
+                            f'param_scheduler.0.milestones=[{args.ebm_iters * 2 // 3},{args.ebm_iters * 5 // 6}]'],
+                           check=True, cwd=ROOT)
+        for name, options in list(VARIANTS.items())[:2]:
+            m = run_test(work, args.data, [option, *options], ebm_dir)
+            rows.append(f'| refined, 1x1 reduction to {r} ch: {name} | ' +
+                        ' | '.join(f"{100 * m['coco/' + k]:.1f}" for k in KEYS) + ' |')
     t = time_refinement(work, args.data)
     rows += ['', f"Time per image ({t['images']} val images, batch 2, CPU threads {os.cpu_count()}): detector "
              f"{t['det_ms']:.0f} ms, refinement (T=10) {t['refine_ms']:.0f} ms, ratio {t['ratio']:.2f}"]
