@@ -3,6 +3,8 @@
 # R-CNN from scratch -> train an NCE+ EBM head on the frozen detector -> test once, printing COCO
 # AP of the detector's boxes and of the refined boxes side by side.
 # About 10 minutes on 2 CPU cores. Longer runs: DET_ITERS=... EBM_ITERS=... NUM_TRAIN=...
+# EBM variants: EBM_DIR=<name under WORK> EBM_OPTS="model.ebm_head.reduced_channels=16" (applied
+# to the EBM's training and test); RUN_TEST=0 stops after training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -12,6 +14,9 @@ NUM_TRAIN=${NUM_TRAIN:-400}
 NUM_VAL=${NUM_VAL:-100}
 DET_ITERS=${DET_ITERS:-700}
 EBM_ITERS=${EBM_ITERS:-300}
+EBM_DIR=${EBM_DIR:-ebm}
+EBM_OPTS=${EBM_OPTS:-}
+RUN_TEST=${RUN_TEST:-1}
 DET_CFG=configs/faster-rcnn_r18_fpn_shapes.py
 EBM_CFG=configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py
 # training skips validation (mmengine's iteration loop validates at the last iteration otherwise):
@@ -33,15 +38,17 @@ if [ ! -f "$WORK/det/last_checkpoint" ]; then
 fi
 DET_CKPT=$(cat "$WORK/det/last_checkpoint")
 
-if [ ! -f "$WORK/ebm/last_checkpoint" ]; then
+if [ ! -f "$WORK/$EBM_DIR/last_checkpoint" ]; then
   echo "[demo] training the NCE+ EBM head on the frozen detector ($EBM_ITERS iterations)"
-  $PYTHON tools/train.py $EBM_CFG --work-dir "$WORK/ebm" --cfg-options $train_data model.detector_checkpoint="$DET_CKPT" \
+  $PYTHON tools/train.py $EBM_CFG --work-dir "$WORK/$EBM_DIR" --cfg-options $train_data model.detector_checkpoint="$DET_CKPT" \
     train_cfg.max_iters=$EBM_ITERS $no_val default_hooks.checkpoint.interval=$EBM_ITERS \
-    "param_scheduler.0.end=$EBM_ITERS" "param_scheduler.0.milestones=[$((EBM_ITERS * 2 / 3)),$((EBM_ITERS * 5 / 6))]"
+    "param_scheduler.0.end=$EBM_ITERS" "param_scheduler.0.milestones=[$((EBM_ITERS * 2 / 3)),$((EBM_ITERS * 5 / 6))]" \
+    $EBM_OPTS
 fi
+[ "$RUN_TEST" = 1 ] || exit 0
 
 echo "[demo] testing: detector boxes vs refined boxes, one run"
-$PYTHON tools/test.py $EBM_CFG "$(cat "$WORK/ebm/last_checkpoint")" --work-dir "$WORK/test" \
+$PYTHON tools/test.py $EBM_CFG "$(cat "$WORK/$EBM_DIR/last_checkpoint")" --work-dir "$WORK/test" \
   --out-json "$WORK/metrics.json" --cfg-options test_dataloader.dataset.data_root=$DATA/ \
   test_evaluator.0.ann_file=$DATA/annotations/instances_val.json \
-  test_evaluator.1.metric.ann_file=$DATA/annotations/instances_val.json
+  test_evaluator.1.metric.ann_file=$DATA/annotations/instances_val.json $EBM_OPTS

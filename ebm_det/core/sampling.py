@@ -89,7 +89,9 @@ def roi_grid_sample(features: Sequence[Tensor], boxes: Tensor, batch_idx: Tensor
         grid = (pts * (2.0 / size) - 1.0).reshape(1, count * s * r, s * r, 2)
         vals = F.grid_sample(feat[img:img + 1], grid.to(feat.dtype), mode='bilinear', padding_mode='zeros',
                              align_corners=False)
-        vals = vals[0].reshape(channels, count, s, r, s, r).mean(dim=(3, 5)).transpose(0, 1)
+        if r > 1:  # bin means: rows are (box, bin, sample), so r x r pooling averages one bin
+            vals = F.avg_pool2d(vals, r)
+        vals = vals[0].reshape(channels, count, s, s).transpose(0, 1)
         parts.append(vals.to(features[0].dtype))
     if not parts:
         return features[0].new_zeros(0, channels, s, s)

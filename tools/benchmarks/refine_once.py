@@ -2,7 +2,7 @@
 an 800x1344 image (median of 3 after a warm-up). A quick check of head and sampler levers:
 
     python tools/benchmarks/refine_once.py [--reduced-channels 64] [--fc-channels 512] [--compile]
-        [--profile]
+        [--amp bfloat16] [--profile]
 """
 import argparse
 import time
@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument('--fc-channels', type=int, default=1024)
     parser.add_argument('--compile', action='store_true', help='torch.compile the fc layers')
     parser.add_argument('--profile', action='store_true', help='print the top ops of one call')
+    parser.add_argument('--amp', choices=['bfloat16', 'float16'], help='run the head under autocast')
     args = parser.parse_args()
     n = args.boxes
     torch.manual_seed(0)
@@ -34,11 +35,17 @@ def main() -> None:
     idx = torch.zeros(n, dtype=torch.long)
     shapes = torch.tensor([[800, 1344]])
     times = []
-    with torch.no_grad():
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    head, boxes, idx, shapes = (t.to(device) for t in (head, boxes, idx, shapes))
+    feats = [f.to(device) for f in feats]
+    amp = torch.autocast(device, dtype=getattr(torch, args.amp or 'bfloat16'), enabled=args.amp is not None)
+    with torch.no_grad(), amp:
         head.refine(feats, boxes, idx, idx, shapes, num_steps=2)
         for _ in range(3):
             t = time.perf_counter()
             res = head.refine(feats, boxes, idx, idx, shapes, num_steps=10)
+            if device == 'cuda':
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
         if args.profile:
             with torch.profiler.profile() as prof:
