@@ -82,6 +82,30 @@ def test_head_refine_raises_scores_without_parameter_grads():
     assert all(p.grad is None for p in head.parameters())
 
 
+def test_head_refine_batch_order_and_per_box_steps():
+    """Boxes of two images and two FPN levels, interleaved, with per-box step sizes: the batched
+    call (which refines them grouped by level and image) returns each box in its input order,
+    exactly as refining it alone."""
+    torch.manual_seed(0)
+    head = _head()
+    feats = _feats()
+    boxes = torch.tensor([[10., 10., 130., 125.], [20., 15., 70., 60.], [5., 8., 125., 128.], [40., 30., 90., 85.]])
+    batch_idx, labels = torch.tensor([1, 0, 0, 1]), torch.tensor([2, 0, 1, 2])
+    levels = head.map_levels(boxes)
+    assert levels.tolist() == [1, 0, 1, 0]  # interleaved: the head must regroup and restore
+    steps = torch.tensor([[0.05, 0.05, 0.1, 0.1], [0.02, 0.02, 0.04, 0.04], [0.1, 0.1, 0.2, 0.2], [0.03] * 4])
+    shapes = torch.tensor([[128, 128], [128, 128]])
+    with torch.no_grad():
+        res = head.refine(feats, boxes, batch_idx, labels, shapes, step_sizes=steps)
+        for i in range(4):
+            one = head.refine(feats, boxes[i:i + 1], batch_idx[i:i + 1], labels[i:i + 1], shapes,
+                              step_sizes=steps[i:i + 1])
+            torch.testing.assert_close(res.boxes[i:i + 1], one.boxes, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(res.scores[i:i + 1], one.scores, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(res.init_scores[i:i + 1], one.init_scores, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(res.boxes, boxes)
+
+
 def test_head_refine_empty():
     head = _head()
     res = head.refine(_feats(), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
