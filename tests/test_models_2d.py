@@ -246,3 +246,21 @@ def test_refine_instances_handles_images_without_boxes_and_bad_boxes():
     assert torch.isinf(bad.ebm_scores[1:]).all() and torch.isfinite(bad.ebm_scores[0])
     assert not torch.equal(bad.bboxes[0], bad.bboxes_init[0])
     assert (bad.bboxes[0] >= 0).all() and (bad.bboxes[0] <= 64).all()  # clipped to the original image
+
+
+def test_missing_or_mismatched_detector_checkpoint_is_a_clear_error(tmp_path):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'))
+    cfg.model.detector_checkpoint = str(tmp_path / 'nowhere.pth')
+    model = MODELS.build(cfg.model)
+    with pytest.raises(FileNotFoundError, match='nowhere.pth.*does not exist'):
+        model.init_weights()
+    # a checkpoint of another network: a RuntimeError that names the checkpoint and the detector
+    other = tmp_path / 'other.pth'
+    torch.save(dict(state_dict=torch.nn.Linear(2, 2).state_dict()), other)
+    model.detector_checkpoint = str(other)
+    with pytest.raises(RuntimeError, match='other.pth.*does not fit the detector config \\(FasterRCNN\\)'):
+        model.init_weights()

@@ -1,5 +1,6 @@
 """A wrapper that adds EBM box refinement to any MMDetection detector."""
 import copy
+import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -139,7 +140,16 @@ class EBMRefineDetector(BaseDetector):
         if self.detector_checkpoint is None:
             return super().init_weights()
         self.ebm_head.init_weights()
-        load_checkpoint(self.detector, self.detector_checkpoint, map_location='cpu', strict=True)
+        path = self.detector_checkpoint
+        if '://' not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f'{type(self).__name__}: detector_checkpoint {path!r} does not exist. Train the '
+                                    'detector first (tools/train.py with its own config) or set '
+                                    'model.detector_checkpoint to its checkpoint.')
+        try:
+            load_checkpoint(self.detector, path, map_location='cpu', strict=True)
+        except RuntimeError as err:  # mmengine's strict load: missing / unexpected / mis-shaped keys
+            raise RuntimeError(f'{type(self).__name__}: detector_checkpoint {path!r} does not fit the detector '
+                               f'config ({type(self.detector).__name__}): {err}') from err
 
     def train(self, mode: bool = True):
         super().train(mode)
