@@ -15,7 +15,7 @@ x marks the detector's box, o the refined box (its coordinates in the panel's tw
 e.g. with the demo's checkpoint (``make demo``):
 
     python tools/visualize_refinement.py configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py \\
-        work_dirs/demo/ebm/iter_200.pth --images 4 --out-dir work_dirs/vis
+        "$(cat work_dirs/demo/ebm/last_checkpoint)" --images 4 --out-dir work_dirs/vis
 """
 import argparse
 import os

@@ -72,7 +72,7 @@ def roi_grid_sample(features: Sequence[Tensor], boxes: Tensor, batch_idx: Tensor
     grouped = (group[1:] >= group[:-1]).all() if len(group) > 1 else group.new_ones((), dtype=torch.bool)
     stats = torch.cat([torch.bincount(group, minlength=len(features) * num_imgs), grouped.long()[None]]).tolist()
     counts, grouped = stats[:-1], bool(stats[-1])
-    order = None if grouped else torch.argsort(group, stable=True)
+    order, inverse = (None, None) if grouped else sort_by_group(levels, batch_idx, num_imgs)
     sorted_boxes = boxes if grouped else boxes[order]
     parts, start = [], 0
     for g, count in enumerate(counts):
@@ -95,11 +95,7 @@ def roi_grid_sample(features: Sequence[Tensor], boxes: Tensor, batch_idx: Tensor
         parts.append(vals.to(features[0].dtype))
     if not parts:
         return features[0].new_zeros(0, channels, s, s)
-    if grouped:
-        return torch.cat(parts)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return torch.cat(parts)[inverse]
+    return torch.cat(parts) if grouped else torch.cat(parts)[inverse]
 
 
 def sort_by_group(levels: Tensor, batch_idx: Tensor, num_imgs: int):
