@@ -40,15 +40,11 @@ def timed(fn, repeats: int, device: str) -> float:
     return sorted(times)[len(times) // 2]
 
 
-HEAD_OPTIONS = {}  # --reduced-channels etc.: applied to every EBM head built here
-
-
 def build_detector(config: str, device: str, scope: str = 'mmdet'):
     import ebm_det  # noqa: F401
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
     cfg = Config.fromfile(str(ROOT / 'configs' / config))
-    cfg.model.ebm_head.update(HEAD_OPTIONS)
     init_default_scope(scope)
     model = MODELS.build(cfg.model)
     model.init_weights = lambda: None
@@ -224,8 +220,8 @@ def to_markdown(res: dict, device: str, command: str) -> str:
     t = res['train']
     lines += ['', f"Train step: detector {t['detector_train_step_s']:.3f} s, EBM (frozen detector, M=128, 10 GT/img, "
               f"batch 2) {t['ebm_train_step_s']:.3f} s, ratio {t['ratio']:.2f}; of the EBM step, the frozen "
-              f"detector's features take {t.get('frozen_features_s', 0):.3f} s and the head "
-              f"{t.get('head_ratio', 0):.2f} of a detector step", '',
+              f"detector's features take {t['frozen_features_s']:.3f} s and the head "
+              f"{t['head_ratio']:.2f} of a detector step", '',
               '| boxes | chunk | peak MB |', '|---|---|---|']
     for m in res['memory']:
         lines.append(f"| {m['boxes']} | {m['chunk'] or 'none'} | {m.get('peak_mb', float('nan')):.0f} |")
@@ -238,14 +234,12 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--out', default=None, help='write a markdown table here')
     parser.add_argument('--skip', nargs='*', default=[], choices=['refine', 'pointpillars', 'train', 'memory'])
-    parser.add_argument('--reduced-channels', type=int, default=None, help='EBM heads with a 1x1 reduction')
     parser.add_argument('--memory-child', nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.reduced_channels:
-        HEAD_OPTIONS['reduced_channels'] = args.reduced_channels
     if args.memory_child:
         return _memory_child(*args.memory_child, args.device)
-    res = dict(refine=[], train=dict(detector_train_step_s=0, ebm_train_step_s=0, ratio=0), memory=[])
+    res = dict(refine=[], memory=[],
+               train=dict(detector_train_step_s=0, ebm_train_step_s=0, ratio=0, frozen_features_s=0, head_ratio=0))
     if 'refine' not in args.skip:
         for cfg in ('faster-rcnn_r50_fpn_ebm-nceplus_1x_coco.py', 'retinanet_r50_fpn_ebm-nceplus_1x_coco.py'):
             res['refine'] += bench_refine_vs_detector(cfg, args.device, args.repeats)

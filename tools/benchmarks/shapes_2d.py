@@ -62,23 +62,22 @@ def time_refinement(work: Path, data: str, num_batches: int = 25) -> dict:
         for key, fn in (('det', model.detector.predict), ('det_and_refine', model.predict)):
             fn(batches[0]['inputs'], batches[0]['data_samples'])  # warm-up
             t = time.perf_counter()
-            for b in batches:
-                fn(b['inputs'], b['data_samples'])
+            outputs = [fn(b['inputs'], b['data_samples']) for b in batches]
             totals[key] = time.perf_counter() - t
-        # localisation of the same detections before and after: each detection scoring >= 0.3
-        # whose initial box overlaps a GT box of its class with IoU >= 0.5, against that GT box
-        from mmdet.structures.bbox import bbox_overlaps
-        before, after = [], []
-        for b in batches:
-            for r in model.predict(b['inputs'], b['data_samples']):
-                p, gt = r.pred_instances, r.gt_instances
-                same = p.labels[:, None] == gt.labels[None]
-                iou0 = torch.where(same, bbox_overlaps(p.bboxes_init, gt.bboxes), -1.0)
-                best, j = iou0.max(1) if len(gt) else (torch.full_like(p.scores, -1.0), None)
-                keep = (p.scores_init >= 0.3) & (best >= 0.5)
-                if keep.any():
-                    before.append(best[keep])
-                    after.append(bbox_overlaps(p.bboxes[keep], gt.bboxes[j[keep]], is_aligned=True))
+        results = [r for out in outputs for r in out]  # the refined pass's results
+    # localisation of the same detections before and after: each detection scoring >= 0.3 whose
+    # initial box overlaps a GT box of its class with IoU >= 0.5, against that GT box
+    from mmdet.structures.bbox import bbox_overlaps
+    before, after = [], []
+    for r in results:
+        p, gt = r.pred_instances, r.gt_instances
+        same = p.labels[:, None] == gt.labels[None]
+        iou0 = torch.where(same, bbox_overlaps(p.bboxes_init, gt.bboxes), -1.0)
+        best, j = iou0.max(1) if len(gt) else (torch.full_like(p.scores, -1.0), None)
+        keep = (p.scores_init >= 0.3) & (best >= 0.5)
+        if keep.any():
+            before.append(best[keep])
+            after.append(bbox_overlaps(p.bboxes[keep], gt.bboxes[j[keep]], is_aligned=True))
     images = sum(len(b['data_samples']) for b in batches)
     det_ms = 1000 * totals['det'] / images
     refine_ms = 1000 * (totals['det_and_refine'] - totals['det']) / images
