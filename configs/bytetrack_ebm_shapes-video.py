@@ -31,10 +31,7 @@ model = dict(
         init_track_thr=0.7,
         weight_iou_with_det_scores=True,
         match_iou_thrs=dict(high=0.1, low=0.5, tentative=0.3),
-        num_frames_retain=30,
-        ebm=dict(enabled=True, refine_tentative=True, refine_lost=True, write_back=False)),
-    # refinement of track boxes (detections use model.detector.test_cfg)
-    track_refine_cfg=dict(num_steps=10, step_sizes=[8e-4, 8e-4, 3.2e-3, 3.2e-3], decay=0.5))
+        num_frames_retain=30))  # EBMByteTracker's ebm options and track_refine_cfg: the defaults
 
 data_root = 'data/mot_gen/'
 image_size = (256, 256)

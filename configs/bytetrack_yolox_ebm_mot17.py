@@ -34,18 +34,10 @@ model = dict(
             in_channels=320,  # YOLOX-X PAFPN
             reduced_channels=256,
             featmap_strides=[8, 16, 32],
-            finest_scale=56,
-            fc_channels=1024,
-            max_gt_per_batch=128,
-            loss=dict(method='nce_plus', sigmas=[[0.075] * 4, [0.15] * 4, [0.3] * 4], num_samples=128, beta=0.1,
-                      loss_weight=1.0)),
+            max_gt_per_batch=128),
         # ByteTrack's low-score detections take part in its second association: refine them too
-        test_cfg=dict(num_steps=10, step_sizes=[8e-4, 8e-4, 3.2e-3, 3.2e-3], decay=0.5, max_per_img=200,
-                      score_thr=0.1)),
-    tracker=dict(
-        type='EBMByteTracker',
-        ebm=dict(enabled=True, refine_tentative=True, refine_lost=True, write_back=False)),
-    track_refine_cfg=dict(num_steps=10, step_sizes=[8e-4, 8e-4, 3.2e-3, 3.2e-3], decay=0.5))
+        test_cfg=dict(max_per_img=200, score_thr=0.1)),
+    tracker=dict(type='EBMByteTracker'))
 
 # EBM head training: still images of MOT17 half-train and CrowdHuman at the test scale (no mosaic /
 # mixup: the head learns the frozen detector's features of real frames)

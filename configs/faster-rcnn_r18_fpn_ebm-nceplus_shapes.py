@@ -1,5 +1,6 @@
-# CPU scale: an NCE+ EBM head on the frozen faster-rcnn_r18_fpn_shapes.py detector. Set the
-# detector's checkpoint with --cfg-options model.detector_checkpoint=PATH (tools/demo.sh does).
+# CPU scale: an NCE+ EBM head (EBMBoxHead's defaults, the papers' refinement defaults) on the frozen
+# faster-rcnn_r18_fpn_shapes.py detector. Set the detector's checkpoint with
+# --cfg-options model.detector_checkpoint=PATH (tools/demo.sh does).
 _base_ = ['./faster-rcnn_r18_fpn_shapes.py']
 custom_imports = dict(imports=['ebm_det'], allow_failed_imports=False)
 
@@ -7,19 +8,9 @@ model = dict(
     _delete_=True,
     type='EBMRefineDetector',
     detector={{_base_.model}},
+    backbone=dict(),  # read by mmdet.apis.init_detector
     detector_checkpoint=None,
-    freeze_detector=True,
-    ebm_head=dict(
-        type='EBMBoxHead',
-        num_classes=5,
-        in_channels=64,
-        featmap_strides=[4, 8, 16, 32],
-        fc_channels=1024,
-        max_gt_per_batch=24,
-        loss=dict(method='nce_plus', sigmas=[[0.075] * 4, [0.15] * 4, [0.3] * 4], num_samples=128, beta=0.1,
-                  loss_weight=1.0)),
-    test_cfg=dict(num_steps=10, step_sizes=[8e-4, 8e-4, 3.2e-3, 3.2e-3], decay=0.5, max_per_img=100,
-                  score_thr=0.0))
+    ebm_head=dict(type='EBMBoxHead', num_classes=5, in_channels=64, max_gt_per_batch=24))
 
 max_iters = 600
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
@@ -31,8 +22,5 @@ optim_wrapper = dict(_delete_=True, type='OptimWrapper', optimizer=dict(type='Ad
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 
 # refined boxes under coco/..., the detector's own under coco_init/...
-val_evaluator = [
-    {{_base_.val_evaluator}},
-    dict(type='InitialPredictionMetric', metric={{_base_.val_evaluator}}),
-]
+val_evaluator = [_base_.val_evaluator, dict(type='InitialPredictionMetric', metric=_base_.val_evaluator)]
 test_evaluator = val_evaluator

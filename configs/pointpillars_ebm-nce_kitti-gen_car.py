@@ -5,22 +5,15 @@
 # grid at 0.5 m that covers the point-cloud range [0, -20, 40, 20] (x/y min, x/y max) exactly;
 # reduced to 64 channels and 512-wide fc layers to train in minutes on a CPU.
 _base_ = ['./pointpillars_kitti-gen_car.py']
-custom_imports = dict(imports=['ebm_det'], allow_failed_imports=False)
+custom_imports = dict(imports=['ebm_det', 'ebm_det.evaluation.kitti_iou_backend'], allow_failed_imports=False)
 
 model = dict(
     _delete_=True,
     type='EBMRefineDetector3D',
     detector={{_base_.model}},
     detector_checkpoint=None,
-    freeze_detector=True,
-    ebm_head=dict(
-        type='EBMBoxHead3D',
-        in_channels=192,
-        bev_range=[0, -20, 40, 20],
-        reduced_channels=64,
-        fc_channels=512,
-        loss=dict(method='nce', num_samples=128)),
-    test_cfg=dict(num_steps=10, step_sizes=2e-4, decay=0.5))
+    ebm_head=dict(type='EBMBoxHead3D', in_channels=192, bev_range=[0, -20, 40, 20], reduced_channels=64,
+                  fc_channels=512))
 
 # the paper's training: Adam, one-cycle learning rate peaking at 3e-3 (cosine up from 3e-3 / 25
 # over 30 % of the run, cosine down to 3e-7), written as two CosineAnnealingLR like the stock
@@ -39,8 +32,5 @@ param_scheduler = [
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 
 # refined boxes under 'Kitti metric/...', the detector's own under 'Kitti metric_init/...'
-val_evaluator = [
-    {{_base_.val_evaluator}},
-    dict(type='InitialPredictionMetric', metric={{_base_.val_evaluator}}),
-]
+val_evaluator = [_base_.val_evaluator, dict(type='InitialPredictionMetric', metric=_base_.val_evaluator)]
 test_evaluator = val_evaluator

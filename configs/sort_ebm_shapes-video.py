@@ -15,5 +15,4 @@ model = dict(
         obj_score_thr=0.5,
         match_iou_thr=0.5,
         reid=None,
-        num_frames_retain=30,
-        ebm=dict(enabled=True, refine_tentative=True, refine_lost=True)))
+        num_frames_retain=30))

@@ -279,22 +279,40 @@ def test_gradients_flow(method):
     assert float(f.l1.weight.grad.abs().sum()) > 0
 
 
-@pytest.mark.parametrize('method', ['nce_plus', 'nce', 'ml_is', 'kld_is', 'dsm', 'ml_mcmc'])
-def test_ebm_loss_dispatch(method):
-    if not hasattr(L, 'ebm_loss'):
-        pytest.skip('losses.ebm_loss not present')
+@pytest.mark.parametrize('name', sorted(L.LOSSES))
+def test_loss_classes_draw_their_samples_and_train(name):
     torch.manual_seed(0)
     f = _TinyF().double()
     centers = torch.randn(3, 2, dtype=f64)
-    loss = L.ebm_loss(method, f, centers, GMMNoise([0.1, 0.3]), num_samples=8,
-                      generator=torch.Generator().manual_seed(0))
+    loss_fn = L.build_loss(dict(type=name, num_samples=8, loss_weight=2.0))
+    loss = loss_fn(f, centers, GMMNoise([0.1, 0.3]), generator=torch.Generator().manual_seed(0))
     assert loss.dim() == 0 and bool(torch.isfinite(loss))
     loss.backward()
     assert float(f.l1.weight.grad.abs().sum()) > 0
+    # loss_weight scales the loss exactly (same draws)
+    half = L.build_loss(dict(type=name, num_samples=8, loss_weight=1.0))(
+        f, centers, GMMNoise([0.1, 0.3]), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss.detach(), 2 * half.detach())
 
 
-def test_ebm_loss_unknown_method():
-    if not hasattr(L, 'ebm_loss'):
-        pytest.skip('losses.ebm_loss not present')
-    with pytest.raises(ValueError):
-        L.ebm_loss('bogus', lambda y: y.sum(-1), torch.zeros(1, 2), GMMNoise([0.1]))
+def test_nce_plus_class_equals_the_functional_loss_on_the_same_draws():
+    f = _TinyF().double()
+    centers = torch.randn(4, 2, dtype=f64, generator=torch.Generator().manual_seed(3))
+    noise = GMMNoise([0.1, 0.3])
+    got = L.NCEPlusLoss(num_samples=6, beta=0.1)(f, centers, noise, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    y = torch.cat([noise.sample(centers, 1, scale=0.1, generator=g), noise.sample(centers, 5, generator=g)], 1)
+    torch.testing.assert_close(got, L.nce_plus_loss(f(y), noise.log_prob(y, centers)))
+
+
+def test_unknown_loss_type_or_argument_is_a_value_error():
+    with pytest.raises(ValueError, match='unknown EBM loss type'):
+        L.build_loss(dict(type='bogus'))
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['bet'\]; valid: .*'beta'"):
+        L.build_loss(dict(type='NCEPlusLoss', bet=0.1))
+    with pytest.raises(ValueError, match='no longer supported'):
+        L.build_loss(dict(method='nce_plus'))
+    with pytest.raises(ValueError, match='num_samples'):
+        L.NCEPlusLoss(num_samples=1)
+    with pytest.raises(ValueError, match='beta = 0'):
+        L.NCELoss(beta=0.1)

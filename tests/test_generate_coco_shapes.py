@@ -1,30 +1,17 @@
 """Tests for tools/data/generate_coco_shapes.py: COCO validity, labelling rules, determinism and
 loading through mmdet's CocoDataset. CPU only, a few seconds."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Dict
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'tools' / 'data' / 'generate_coco_shapes.py'
+from conftest import load_tool
+
 SIZE = 128
 
-
-def _load_script() -> ModuleType:
-    """Import the script by path: tools/ is not a package."""
-    spec = importlib.util.spec_from_file_location('generate_coco_shapes', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_script()
+gen = load_tool('tools/data/generate_coco_shapes.py')
 
 
 def _read_split(json_path: str) -> Dict[str, bytes]:

@@ -6,38 +6,21 @@ CPU rotated IoU installed) for an end-to-end GT-as-prediction evaluation.
 """
 from __future__ import annotations
 
-import importlib.util
 import os.path as osp
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import load_tool
+
 pytest.importorskip('mmdet3d')
 torch = pytest.importorskip('torch')
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEED = 0
 CLASSES = ['Pedestrian', 'Cyclist', 'Car']
 
 
-def _load_generator():
-    """Import tools/data/generate_kitti_scenes.py by path (tools/ is no package).
-
-    Registered under the file's stem, as conftest.load_tool does, so that all
-    tests share one module object.
-    """
-    name = 'generate_kitti_scenes'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, osp.join(REPO_ROOT, 'tools', 'data', 'generate_kitti_scenes.py'))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-gen = _load_generator()
+gen = load_tool('tools/data/generate_kitti_scenes.py')
 
 
 @pytest.fixture(scope='module')

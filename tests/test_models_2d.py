@@ -9,11 +9,12 @@ from conftest import ROOT, run_config, tiny_shapes_config
 
 mmdet = pytest.importorskip('mmdet')
 import ebm_det  # noqa: E402,F401
+from ebm_det.core import RefineConfig, refine_boxes, select_for_refinement  # noqa: E402
 from ebm_det.evaluation import swap_initial_fields  # noqa: E402
 from ebm_det.models import EBMBoxHead  # noqa: E402
-from ebm_det.models.refine_detector import select_for_refinement  # noqa: E402
 
-METHODS = ['nce_plus', 'nce', 'ml_is', 'kld_is', 'dsm', 'ml_mcmc']
+METHODS = ['NCEPlusLoss', 'NCELoss', 'MLISLoss', 'KLDISLoss', 'DSMLoss', 'MLMCMCLoss']
+STEPS = RefineConfig(step_sizes=(0.05, 0.05, 0.1, 0.1))
 
 
 def test_import_registers_in_mmdet_registries():
@@ -24,9 +25,9 @@ def test_import_registers_in_mmdet_registries():
     assert out.stdout.strip() == 'ok', out.stderr
 
 
-def _head(method='nce_plus', num_samples=8, **kw):
+def _head(method='NCEPlusLoss', num_samples=8, **kw):
     head = EBMBoxHead(num_classes=3, in_channels=8, fc_channels=32, featmap_strides=[4, 8],
-                      loss=dict(method=method, sigmas=[[0.075] * 4, [0.15] * 4, [0.3] * 4], num_samples=num_samples),
+                      loss=dict(type=method, sigmas=[[0.075] * 4, [0.15] * 4, [0.3] * 4], num_samples=num_samples),
                       **kw)
     head.init_weights()
     return head
@@ -73,12 +74,14 @@ def test_head_refine_raises_scores_without_parameter_grads():
     head = _head()
     feats = _feats()
     boxes = torch.cat(GT)
+    batch_idx, labels = torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1])
     with torch.no_grad():
-        res = head.refine(feats, boxes, torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]),
-                          torch.tensor([[128, 128], [128, 128]]), step_sizes=(0.05, 0.05, 0.1, 0.1))
+        res = head.refine(feats, boxes, batch_idx, labels, STEPS)
+        out = refine_boxes(head, feats, boxes, batch_idx, labels, STEPS, img_shapes=torch.tensor([[128, 128]] * 2))
     assert (res.scores >= res.init_scores).all() and (res.scores > res.init_scores).any()
     assert not torch.equal(res.boxes, boxes)
-    assert (res.boxes >= 0).all() and (res.boxes <= 128).all()
+    assert out.refined.all() and (out.boxes >= 0).all() and (out.boxes <= 128).all()
+    torch.testing.assert_close(out.boxes, res.boxes.clamp(0, 128))
     assert all(p.grad is None for p in head.parameters())
 
 
@@ -94,12 +97,10 @@ def test_head_refine_batch_order_and_per_box_steps():
     levels = head.map_levels(boxes)
     assert levels.tolist() == [1, 0, 1, 0]  # interleaved: the head must regroup and restore
     steps = torch.tensor([[0.05, 0.05, 0.1, 0.1], [0.02, 0.02, 0.04, 0.04], [0.1, 0.1, 0.2, 0.2], [0.03] * 4])
-    shapes = torch.tensor([[128, 128], [128, 128]])
     with torch.no_grad():
-        res = head.refine(feats, boxes, batch_idx, labels, shapes, step_sizes=steps)
+        res = head.refine(feats, boxes, batch_idx, labels, step_sizes=steps)
         for i in range(4):
-            one = head.refine(feats, boxes[i:i + 1], batch_idx[i:i + 1], labels[i:i + 1], shapes,
-                              step_sizes=steps[i:i + 1])
+            one = head.refine(feats, boxes[i:i + 1], batch_idx[i:i + 1], labels[i:i + 1], step_sizes=steps[i:i + 1])
             torch.testing.assert_close(res.boxes[i:i + 1], one.boxes, rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(res.scores[i:i + 1], one.scores, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(res.init_scores[i:i + 1], one.init_scores, rtol=1e-5, atol=1e-5)
@@ -108,8 +109,7 @@ def test_head_refine_batch_order_and_per_box_steps():
 
 def test_head_refine_empty():
     head = _head()
-    res = head.refine(_feats(), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                      torch.tensor([[128, 128], [128, 128]]))
+    res = head.refine(_feats(), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     assert res.boxes.shape == (0, 4) and res.scores.shape == (0, )
 
 
@@ -200,8 +200,9 @@ def test_ebm_roi_head_loss_and_predict(nms_by_ebm):
     roi = cfg.model.roi_head
     roi.type = 'EBMRoIHead'
     roi.ebm_head = dict(type='EBMBoxHead', num_classes=5, in_channels=64, fc_channels=64,
-                        loss=dict(method='nce_plus', num_samples=16))
-    roi.ebm_test_cfg = dict(nms_by_ebm=nms_by_ebm, step_sizes=(0.05, 0.05, 0.1, 0.1))
+                        loss=dict(type='NCEPlusLoss', num_samples=16))
+    roi.nms_by_ebm = nms_by_ebm
+    roi.ebm_test_cfg = dict(step_sizes=(0.05, 0.05, 0.1, 0.1))
     cfg.model.test_cfg.rcnn.score_thr = 0.0  # random weights: keep every candidate
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -234,18 +235,19 @@ def test_refine_instances_handles_images_without_boxes_and_bad_boxes():
     torch.manual_seed(0)
     head = _head()
     empty = InstanceData(bboxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long))
-    bad = InstanceData(bboxes=torch.tensor([[10., 10., 50., 60.], [float('nan'), 0., 5., 5.], [20., 20., 20., 40.]]),
+    # network-input pixels of a 128 x 128 input
+    bad = InstanceData(bboxes=torch.tensor([[20., 20., 100., 120.], [float('nan'), 0., 10., 10.],
+                                            [40., 40., 40., 80.]]),
                        scores=torch.tensor([0.9, 0.8, 0.7]), labels=torch.tensor([0, 1, 2]))
     metas = [dict(img_shape=(128, 128)), dict(img_shape=(128, 128))]
     with torch.no_grad():
-        refine_instances(head, _feats(), [empty, bad], metas, [(2.0, 2.0), (2.0, 2.0)],
-                         dict(step_sizes=(0.05, 0.05, 0.1, 0.1)))
+        refine_instances(head, _feats(), [empty, bad], metas, STEPS)
     assert empty.bboxes.shape == (0, 4) and empty.ebm_scores.shape == (0, )
     # the NaN box and the zero-width box are left as they were, with ebm_scores = -inf
     assert torch.isnan(bad.bboxes[1]).any() and torch.equal(bad.bboxes[2], bad.bboxes_init[2])
     assert torch.isinf(bad.ebm_scores[1:]).all() and torch.isfinite(bad.ebm_scores[0])
     assert not torch.equal(bad.bboxes[0], bad.bboxes_init[0])
-    assert (bad.bboxes[0] >= 0).all() and (bad.bboxes[0] <= 64).all()  # clipped to the original image
+    assert (bad.bboxes[0] >= 0).all() and (bad.bboxes[0] <= 128).all()  # clipped to the input image
 
 
 def test_missing_or_mismatched_detector_checkpoint_is_a_clear_error(tmp_path):

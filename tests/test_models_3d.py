@@ -11,17 +11,17 @@ from conftest import ROOT, load_tool, run_config
 
 pytest.importorskip('mmdet3d')
 import ebm_det  # noqa: E402,F401
-from ebm_det.core import wrap_angle  # noqa: E402
+from ebm_det.core import RefineConfig, wrap_angle  # noqa: E402
 from ebm_det.models import EBMBoxHead3D  # noqa: E402
 
 BEV_RANGE = (0.0, -20.0, 40.0, 20.0)
 AP_KEY = 'pred_instances_3d/KITTI/Car_{}_AP40_moderate_strict'
 
 
-def _head(method='nce', num_samples=8, **kw):
+def _head(method='NCELoss', num_samples=8, **kw):
     torch.manual_seed(0)
     head = EBMBoxHead3D(in_channels=8, bev_range=BEV_RANGE, fc_channels=32, zh_channels=8,
-                        loss=dict(method=method, num_samples=num_samples), **kw)
+                        loss=dict(type=method, num_samples=num_samples), **kw)
     head.init_weights()
     return head
 
@@ -44,7 +44,7 @@ GT_LABELS = [torch.tensor([0, 0]), torch.tensor([0])]
 # ---------------------------------------------------------------------------------------------
 # (a) losses
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('method', ['nce', 'nce_plus'])
+@pytest.mark.parametrize('method', ['NCELoss', 'NCEPlusLoss'])
 @pytest.mark.parametrize('normalized', [False, True])
 def test_head_loss_finite_and_trains(method, normalized):
     head = _head(method, normalized_space=normalized, reduced_channels=4)
@@ -88,7 +88,7 @@ def test_head_refine_monotone_wrapped_positive(normalized):
     step = 0.05 if not normalized else 0.02
     with torch.no_grad():
         res = head.refine([_bev()], boxes, torch.tensor([0, 0, 1]), torch.zeros(3, dtype=torch.long),
-                          step_sizes=step, num_steps=10)
+                          RefineConfig(step_sizes=step, num_steps=10))
     assert res.boxes.shape == (3, 7) and res.steps == 10
     assert (res.scores >= res.init_scores).all() and (res.scores > res.init_scores).any()
     assert ((res.boxes[:, 6] >= -math.pi) & (res.boxes[:, 6] < math.pi)).all()
@@ -114,8 +114,8 @@ def test_head_refine_crosses_the_yaw_wrap_smoothly():
     path = []
     for steps in range(1, 9):
         with torch.no_grad():
-            res = head.refine([_bev()], boxes, torch.tensor([0]), torch.tensor([0]), step_sizes=2e-2,
-                              num_steps=steps)
+            res = head.refine([_bev()], boxes, torch.tensor([0]), torch.tensor([0]),
+                              RefineConfig(step_sizes=2e-2, num_steps=steps))
         path.append(res.boxes[0, 6].item())
     # crossed: now on the negative side, next to the target, and every step was small
     assert path[-1] < 0 and abs(path[-1] - target) < 0.02

@@ -1,7 +1,7 @@
 """The core handles a 3-D regression target with no new code: a head-pose-like synthetic task.
 
 x = a fixed random nonlinear map of (yaw, pitch, roll) plus noise; y = the three angles. A small
-f(x, y) is trained by ``ebm_loss('nce_plus', ...)`` with a ``GMMNoise`` of (K, 3) sigmas, and
+f(x, y) is trained by ``NCEPlusLoss`` with a ``GMMNoise`` of (K, 3) sigmas, and
 ``refine_by_gradient_ascent`` takes predictions from a rough guess (the training mean) to the
 learned mode.
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ebm_det.core import GMMNoise, ebm_loss, refine_by_gradient_ascent
+from ebm_det.core import GMMNoise, NCEPlusLoss, refine_by_gradient_ascent
 
 RANGES = torch.tensor([1.2, 0.8, 0.6])  # yaw, pitch, roll ~ U(-r, r), radians
 
@@ -58,8 +58,8 @@ def test_pose_3d_nce_plus_and_refinement():
     for _ in range(500):
         idx = torch.randint(len(x_tr), (64, ), generator=gen)
         feat = model.feat(x_tr[idx])
-        loss = ebm_loss('nce_plus', lambda ys: model.score(feat, ys), y_tr[idx], noise, num_samples=64, beta=0.1,
-                        generator=gen)
+        loss = NCEPlusLoss(num_samples=64, beta=0.1)(lambda ys: model.score(feat, ys), y_tr[idx], noise,
+                                                     generator=gen)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -12,6 +12,7 @@ pytest.importorskip('mmdet')
 pytest.importorskip('trackeval')
 import ebm_det  # noqa: E402,F401
 import ebm_det.tracking  # noqa: E402,F401
+from ebm_det.core import RefineConfig  # noqa: E402
 from ebm_det.models import EBMBoxHead  # noqa: E402
 from ebm_det.tracking import (ConstantVelocityTracker, EBMBoxRefiner, EBMByteTracker, evaluate_mot,  # noqa: E402
                               evaluate_mot_arrays, motmetrics_summary, success_auc, success_curve)
@@ -84,7 +85,7 @@ def test_generator_tracks_leave_and_objects_move(tmp_path):
 def _head(num_classes=3):
     torch.manual_seed(0)
     head = EBMBoxHead(num_classes=num_classes, in_channels=8, fc_channels=32, featmap_strides=[4, 8],
-                      loss=dict(method='nce_plus', sigmas=[[0.075] * 4], num_samples=4))
+                      loss=dict(type='NCEPlusLoss', sigmas=[[0.075] * 4], num_samples=4))
     head.init_weights()
     torch.nn.init.normal_(head.fc_score.weight, std=0.3)  # a non-flat score, so boxes move
     return head.eval()
@@ -97,7 +98,7 @@ def _feats(batch=3):
 
 def test_refiner_batched_equals_one_by_one_and_raises_scores():
     head = _head()
-    refiner = EBMBoxRefiner(head, num_steps=5, step_sizes=(0.05, 0.05, 0.1, 0.1))
+    refiner = EBMBoxRefiner(head, dict(num_steps=5, step_sizes=(0.05, 0.05, 0.1, 0.1)))
     feats = _feats()
     boxes = torch.tensor([[10., 12., 60., 50.], [30., 30., 100., 120.], [5., 5., 40., 70.], [50., 40., 90., 80.],
                           [20., 60., 70., 110.]])
@@ -110,7 +111,7 @@ def test_refiner_batched_equals_one_by_one_and_raises_scores():
         one, s = refiner.refine([f[b:b + 1] for f in feats], boxes[i:i + 1], (128, 128), labels=labels[i:i + 1])
         torch.testing.assert_close(one[0], out[i], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(s[0], scores[i], rtol=1e-4, atol=1e-4)
-    init = head.refine(feats, boxes, batch_idx, labels, torch.tensor([[128, 128]] * 3), num_steps=0).scores
+    init = head.refine(feats, boxes, batch_idx, labels, RefineConfig(num_steps=0)).scores
     assert (scores >= init - 1e-6).all() and (scores > init).any()
     assert all(p.grad is None for p in head.parameters())
     # labels=None: each box's best class at its input box
@@ -120,16 +121,17 @@ def test_refiner_batched_equals_one_by_one_and_raises_scores():
 
 
 def test_refiner_clamps_to_image_and_skips_invalid_boxes():
-    refiner = EBMBoxRefiner(_head(), num_steps=3, step_sizes=(0.5, 0.5, 0.5, 0.5))
+    refiner = EBMBoxRefiner(_head(), dict(num_steps=3, step_sizes=(0.5, 0.5, 0.5, 0.5)))
     feats = _feats(1)
     boxes = torch.tensor([[-20., -10., 40., 30.],  # partly outside
                           [100., 110., 160., 150.],  # past the bottom-right corner
                           [50., 50., 50., 70.],  # zero width: not refined
-                          [float('nan'), 0., 10., 10.]])
-    out, scores = refiner.refine(feats, boxes, (128, 120), labels=torch.zeros(4, dtype=torch.long))
-    assert torch.isfinite(out).all()
-    assert (out[:, 0::2] >= 0).all() and (out[:, 0::2] <= 120).all()  # x within the width
-    assert (out[:, 1::2] >= 0).all() and (out[:, 1::2] <= 128).all()  # y within the height
+                          [float('nan'), 0., 10., 10.],  # not refined, returned as given
+                          [30., 140., 50., 180.]])  # below the image: clipping would make it degenerate
+    out, scores = refiner.refine(feats, boxes, (128, 120), labels=torch.zeros(5, dtype=torch.long))
+    assert torch.isfinite(out[:3]).all() and torch.isnan(out[3, 0]) and torch.equal(out[4], boxes[4])
+    assert (out[:2, 0::2] >= 0).all() and (out[:2, 0::2] <= 120).all()  # x within the width
+    assert (out[:2, 1::2] >= 0).all() and (out[:2, 1::2] <= 128).all()  # y within the height
     assert torch.isfinite(scores[:2]).all() and torch.isinf(scores[2:]).all()
     assert out[2].tolist() == [50., 50., 50., 70.]
     # boxes in original-image pixels: scale_factor maps them to the input and back
@@ -146,8 +148,8 @@ def test_refiner_from_head_config_with_checkpoint(tmp_path):
     head = _head()
     torch.save(dict(state_dict={f'ebm_head.{k}': v for k, v in head.state_dict().items()}), tmp_path / 'ebm.pth')
     cfg = dict(type='EBMBoxHead', num_classes=3, in_channels=8, fc_channels=32, featmap_strides=[4, 8],
-               loss=dict(method='nce_plus', sigmas=[[0.075] * 4], num_samples=4))
-    refiner = EBMBoxRefiner(cfg, checkpoint=str(tmp_path / 'ebm.pth'), num_steps=2)
+               loss=dict(type='NCEPlusLoss', sigmas=[[0.075] * 4], num_samples=4))
+    refiner = EBMBoxRefiner(cfg, dict(num_steps=2), checkpoint=str(tmp_path / 'ebm.pth'))
     for k, v in head.state_dict().items():
         assert torch.equal(refiner.head.state_dict()[k], v), k
 
@@ -156,7 +158,7 @@ def test_refiner_from_config_extracts_features(video):
     import cv2
     cfg = ROOT / 'configs' / 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
     refiner = EBMBoxRefiner.from_config(str(cfg), num_steps=2)
-    assert refiner.num_steps == 2 and refiner.step_sizes == tuple(refiner.detector.test_cfg['step_sizes'])
+    assert refiner.cfg.num_steps == 2 and refiner.cfg.step_sizes == refiner.detector.refine_cfg.step_sizes
     image = cv2.imread(str(video / 'val' / 'SHAPES-01' / 'img1' / '000001.jpg'))
     feats = refiner.features([image])
     assert feats[0].shape[0] == 1 and feats[0].shape[-2:] == (64, 64)  # stride 4 on 256 px
@@ -248,46 +250,50 @@ def test_byte_tracker_refines_predicted_boxes_and_handles_empty_frames():
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
     head = _head(num_classes=1)
-    refiner = EBMBoxRefiner(head, num_steps=3, step_sizes=(0.05, 0.05, 0.1, 0.1))
+    refiner = EBMBoxRefiner(head, dict(num_steps=3, step_sizes=(0.05, 0.05, 0.1, 0.1)))
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
     tracker = MODELS.build(dict(type='EBMByteTracker', motion=dict(type='KalmanFilter'), init_track_thr=0.5,
                                 obj_score_thrs=dict(high=0.5, low=0.1)))
     assert isinstance(tracker, EBMByteTracker)
-    store = []
-    tracker.bind_ebm(refiner, store)
+    tracker.bind_ebm(refiner)
 
     def frame(t, boxes):
         s = DetDataSample(metainfo=dict(frame_id=t, img_shape=(128, 128), scale_factor=(1.0, 1.0)))
         n = len(boxes)
         s.pred_instances = InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float).reshape(n, 4),
                                         scores=torch.full((n, ), 0.9), labels=torch.zeros(n, dtype=torch.long))
-        store[:] = [_feats(1)]
         return s
 
+    def track(t, boxes):
+        return tracker.track(frame(t, boxes), feats=_feats(1))
+
     moving = lambda t: [[10. + 4 * t, 20., 40. + 4 * t, 60.], [70., 70., 100., 110.]]  # noqa: E731
-    out = tracker.track(frame(0, moving(0)))
+    out = track(0, moving(0))
     assert out.instances_id.tolist() == [0, 1]
-    out = tracker.track(frame(1, moving(1)))
+    out = track(1, moving(1))
     assert out.instances_id.tolist() == [0, 1]
     ref = tracker.last_refinement
     assert sorted(ref['ids']) == [0, 1] and not torch.equal(ref['boxes'], ref['boxes_in'])
     assert (ref['boxes'] >= 0).all() and (ref['boxes'] <= 128).all()
-    out = tracker.track(frame(2, []))  # a frame without objects
+    out = track(2, [])  # a frame without objects
     assert len(out) == 0 and tracker._frame is None
-    out = tracker.track(frame(3, moving(3)))
+    out = track(3, moving(3))
     assert out.instances_id.tolist() == [0, 1]  # both tracks survive the empty frame
     # write_back: an unmatched track keeps its refined box as the Kalman position
     tracker.ebm['write_back'] = True
-    tracker.track(frame(4, moving(4)[:1]))
+    track(4, moving(4)[:1])
     ref = tracker.last_refinement
     from mmdet.structures.bbox import bbox_xyxy_to_cxcyah
     k = ref['ids'].index(1)
     np.testing.assert_allclose(tracker.tracks[1].mean[:4], bbox_xyxy_to_cxcyah(ref['boxes'][k:k + 1].double())[0],
                                rtol=1e-5)
     tracker.ebm.update(enabled=False, write_back=False)
-    tracker.track(frame(5, moving(5)))
+    track(5, moving(5))
+    assert tracker.last_refinement == {}
+    tracker.ebm.update(enabled=True)
+    tracker.track(frame(6, moving(6)))  # no features given: nothing is refined
     assert tracker.last_refinement == {}
 
 
@@ -304,7 +310,7 @@ def _mot_runner(video, config, work_dir, stock=False, **options):
     det = cfg.model.detector
     det.detector.test_cfg.rcnn.update(score_thr=0.0, max_per_img=12)
     det.detector.test_cfg.rpn.update(nms_pre=200, max_per_img=100)
-    det.test_cfg.max_per_img = 12
+    det.test_cfg = dict(max_per_img=12)
     if cfg.model.tracker.type == 'EBMByteTracker':
         cfg.model.tracker.update(init_track_thr=0.0, obj_score_thrs=dict(high=0.15, low=0.05))
     else:
@@ -312,9 +318,9 @@ def _mot_runner(video, config, work_dir, stock=False, **options):
     cfg.merge_from_dict(options)
     if stock:  # mmdet's own ByteTrack and ByteTracker around our refine detector
         cfg.model.type = 'ByteTrack'
-        cfg.model.pop('track_refine_cfg')
+        cfg.model.pop('track_refine_cfg', None)
         cfg.model.tracker.type = 'ByteTracker'
-        cfg.model.tracker.pop('ebm')
+        cfg.model.tracker.pop('ebm', None)
     torch.manual_seed(0)
     return Runner.from_cfg(cfg)
 
@@ -329,16 +335,18 @@ def test_mot_model_refines_detections_and_tracks_through_runner(video, tmp_path,
     runner = _mot_runner(video, config, tmp_path, stock=stock)
     model = runner.model
     seen = dict(det_moved=0, det=0, track_calls=0, track_moved=0)
-    det_predict = model.detector.predict
+    # mmdet's ByteTrack calls the detector's predict, ours its detect (which also returns the features)
+    name = 'predict' if stock else 'detect'
+    det_call = getattr(model.detector, name)
 
-    def spy_predict(*a, **k):
-        out = det_predict(*a, **k)
-        p = out[0].pred_instances
+    def spy(*a, **k):
+        out = det_call(*a, **k)
+        p = (out if stock else out[0])[0].pred_instances
         seen['det'] += len(p)
         seen['det_moved'] += int((p.bboxes - p.bboxes_init).abs().sum(-1).gt(0).sum())
         return out
 
-    model.detector.predict = spy_predict
+    setattr(model.detector, name, spy)
     if not stock:
         refine_ids = model.tracker._refine_ids
 
@@ -356,7 +364,7 @@ def test_mot_model_refines_detections_and_tracks_through_runner(video, tmp_path,
     assert seen['det'] > 0 and seen['det_moved'] > 0  # the MOT model got refined detections
     if not stock:
         assert seen['track_calls'] > 0 and seen['track_moved'] > 0
-        assert model._track_feats == [] and model.tracker._frame is None  # no features kept after the video
+        assert model.tracker._frame is None  # no features kept after the video
 
 
 def test_mot_model_trains_only_the_ebm_head_on_still_images():

@@ -1,14 +1,19 @@
 """The energy-based regression method in plain PyTorch (no OpenMMLab import)."""
+from .box_codecs import Box2DCodec, BoxCodec, LiDARBoxCodec
 from .box_spaces import Box3DSpace, IdentitySpace, RelativeBox2DSpace, check_finite, wrap_angle
-from .losses import (GaussianLogProb, dsm_loss, ebm_loss, kld_is_loss, langevin_samples, ml_is_loss, ml_mcmc_loss, nce_loss,
+from .losses import (LOSSES, DSMLoss, EBMLoss, GaussianLogProb, KLDISLoss, MLISLoss, MLMCMCLoss, NCELoss, NCEPlusLoss,
+                     build_loss, dsm_loss, kld_is_loss, langevin_samples, ml_is_loss, ml_mcmc_loss, nce_loss,
                      nce_plus_loss)
 from .noise import GMMNoise
-from .refine import RefineResult, refine_by_gradient_ascent
+from .refine import RefinedBoxes, RefineResult, refine_boxes, refine_by_gradient_ascent, select_for_refinement
 from .sampling import roi_grid_sample, rotated_bev_grid_sample, sampling_layout, sort_by_group
+from .settings import RefineConfig, strict_fields
 
 __all__ = [
-    'Box3DSpace', 'IdentitySpace', 'RelativeBox2DSpace', 'check_finite', 'wrap_angle', 'dsm_loss',
-    'kld_is_loss', 'langevin_samples', 'ml_is_loss', 'ml_mcmc_loss', 'nce_loss', 'nce_plus_loss',
-    'GMMNoise', 'GaussianLogProb', 'ebm_loss', 'RefineResult', 'refine_by_gradient_ascent', 'roi_grid_sample',
-    'rotated_bev_grid_sample', 'sampling_layout', 'sort_by_group'
+    'Box2DCodec', 'BoxCodec', 'LiDARBoxCodec', 'Box3DSpace', 'IdentitySpace', 'RelativeBox2DSpace', 'check_finite',
+    'wrap_angle', 'LOSSES', 'DSMLoss', 'EBMLoss', 'GaussianLogProb', 'KLDISLoss', 'MLISLoss', 'MLMCMCLoss', 'NCELoss',
+    'NCEPlusLoss', 'build_loss', 'dsm_loss', 'kld_is_loss', 'langevin_samples', 'ml_is_loss', 'ml_mcmc_loss',
+    'nce_loss', 'nce_plus_loss', 'GMMNoise', 'RefinedBoxes', 'RefineResult', 'refine_boxes',
+    'refine_by_gradient_ascent', 'select_for_refinement', 'roi_grid_sample', 'rotated_bev_grid_sample',
+    'sampling_layout', 'sort_by_group', 'RefineConfig', 'strict_fields'
 ]

@@ -1,19 +1,23 @@
-"""The six training objectives for f(x, y), one function each (Gustafsson et al., BMVC 2020).
+"""The six training objectives for f(x, y) (Gustafsson et al., BMVC 2020): the math as one function
+each, and one small class each (``NCEPlusLoss``, ...) that draws the samples its method needs.
 
 Notation: for each of N ground truths y_i, y_0 is the positive and y_1..y_M are samples from the
 proposal q(. | y_i) (``GMMNoise``); ``scores`` are f(x_i, y_m) and ``log_q`` are log q(y_m | y_i).
 Every Monte-Carlo sum is a logsumexp. All return a scalar mean over the N ground truths.
 """
+import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .noise import GMMNoise
+from .settings import strict_fields
 
 ScoreFn = Callable[[Tensor], Tensor]
+ProjectFn = Optional[Callable[[Tensor], Tensor]]
 
 
 def nce_plus_loss(scores: Tensor, log_q: Tensor) -> Tensor:
@@ -111,60 +115,178 @@ def ml_mcmc_loss(gt_scores: Tensor, sample_scores: Tensor) -> Tensor:
     return (sample_scores.mean(-1) - gt_scores).mean()
 
 
-def ebm_loss(method: str,
-             score_fn: ScoreFn,
-             centers: Tensor,
-             noise,
-             num_samples: int = 128,
-             beta: float = 0.1,
-             label_sigma: float = 0.0225,
-             dsm_sigma: float = 0.075,
-             mcmc_steps: int = 8,
-             mcmc_step_size: float = 1e-5,
-             project: Callable[[Tensor], Tensor] = None,
-             generator: torch.Generator = None) -> Tensor:
-    """Draw the samples a method needs around ``centers`` and return its loss.
-
-    This is the one place that pairs each objective with its samples, so every head (2D, 3D,
-    toy regression) selects the method by name.
+@dataclasses.dataclass
+class EBMLoss:
+    """Base class of the six training objectives: draws the samples its method needs around each
+    ground truth and returns ``loss_weight`` x the loss. One small class per method (configs
+    select it by ``type``); the math is in the functions above.
 
     Args:
-        method: 'nce_plus', 'nce', 'ml_is', 'kld_is', 'dsm' or 'ml_mcmc'.
-        score_fn: (N, M, D) points in the box space -> (N, M) scores f(x_i, y).
-        centers: (N, D) ground truths in the box space.
-        noise: a ``GMMNoise`` proposal (unused by 'dsm').
         num_samples: M, the number of scored points per ground truth (NCE/NCE+: the positive
             plus M - 1 noise samples).
+        sigmas: (K, D) (or (K,)) standard deviations of the proposal mixture q in the box space;
+            None takes the box type's default (``BoxCodec.default_sigmas``, the NCE/NCE+ noise of
+            the papers). Unused by ``DSMLoss``.
+        loss_weight: multiplies the loss.
+
+    Call: ``loss(score_fn, centers, noise, project=None, generator=None) -> Tensor ()``.
+        score_fn: (N, M, D) points in the box space -> (N, M) scores f(x_i, y).
+        centers: (N, D) ground truths in the box space.
+        noise: the ``GMMNoise`` proposal built from ``sigmas``.
         project: maps samples back onto the valid set (e.g. ``Box3DSpace.project``).
+
+    Raises:
+        ValueError: an unknown argument or a value outside its range (when built).
     """
-    project = project or (lambda y: y)
-    n = centers.shape[0]
+    num_samples: int = 128
+    sigmas: Optional[Sequence] = None
+    loss_weight: float = 1.0
 
-    def draw(num: int, scale: float = 1.0) -> Tensor:
-        return project(noise.sample(centers, num, scale=scale, generator=generator))
+    def __post_init__(self) -> None:
+        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 2:
+            raise ValueError(f'{type(self).__name__}: num_samples must be an integer >= 2, got {self.num_samples!r}')
+        if self.sigmas is not None:
+            GMMNoise(self.sigmas)  # raises ValueError for a bad shape or a non-positive sigma
+        if not math.isfinite(self.loss_weight):
+            raise ValueError(f'{type(self).__name__}: loss_weight must be finite, got {self.loss_weight!r}')
 
-    if method in ('nce_plus', 'nce'):
-        pos = centers[:, None] if method == 'nce' else draw(1, beta)
-        y = torch.cat([pos, draw(num_samples - 1)], dim=1)
+    def __call__(self, score_fn: ScoreFn, centers: Tensor, noise: GMMNoise, project: ProjectFn = None,
+                 generator: torch.Generator = None) -> Tensor:
+        project = project or (lambda y: y)
+        return self.loss_weight * self.compute(score_fn, centers, noise, project, generator)
+
+    def compute(self, score_fn: ScoreFn, centers: Tensor, noise: GMMNoise, project: ProjectFn,
+                generator: Optional[torch.Generator]) -> Tensor:
+        raise NotImplementedError
+
+
+def _draw(noise: GMMNoise, centers: Tensor, num: int, project: ProjectFn, generator, scale: float = 1.0) -> Tensor:
+    return project(noise.sample(centers, num, scale=scale, generator=generator))
+
+
+@strict_fields
+@dataclasses.dataclass
+class NCEPlusLoss(EBMLoss):
+    """NCE+ (BMVC 2020): the positive is y_i + nu, nu ~ q with every sigma times ``beta`` (0.1)."""
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.beta >= 0:
+            raise ValueError(f'NCEPlusLoss: beta must be >= 0, got {self.beta!r}')
+
+    def positive(self, noise, centers, project, generator) -> Tensor:
+        if self.beta == 0:
+            return centers[:, None]
+        return _draw(noise, centers, 1, project, generator, self.beta)
+
+    def compute(self, score_fn, centers, noise, project, generator):
+        y = torch.cat([self.positive(noise, centers, project, generator),
+                       _draw(noise, centers, self.num_samples - 1, project, generator)], dim=1)
         return nce_plus_loss(score_fn(y), noise.log_prob(y, centers))
-    if method == 'ml_is':
-        y = draw(num_samples)
+
+
+@strict_fields
+@dataclasses.dataclass
+class NCELoss(NCEPlusLoss):
+    """NCE: NCE+ with the ground truth itself as the positive (beta = 0; ebms_3dod's loss)."""
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta != 0:
+            raise ValueError('NCELoss has beta = 0 by definition; use NCEPlusLoss for beta > 0')
+
+
+@strict_fields
+@dataclasses.dataclass
+class MLISLoss(EBMLoss):
+    """ML with importance sampling: -log p(y_i|x_i) ~= log mean_m exp(f_m - log q_m) - f(x_i, y_i)."""
+
+    def compute(self, score_fn, centers, noise, project, generator):
+        y = _draw(noise, centers, self.num_samples, project, generator)
         scores = score_fn(torch.cat([centers[:, None], y], dim=1))
         return ml_is_loss(scores[:, 0], scores[:, 1:], noise.log_prob(y, centers))
-    if method == 'kld_is':
-        y = draw(num_samples)
-        log_p = GaussianLogProb(label_sigma)(y, centers)
+
+
+@strict_fields
+@dataclasses.dataclass
+class KLDISLoss(EBMLoss):
+    """KL divergence to a Gaussian label density of sigma ``label_sigma`` (0.0225), importance
+    sampled (PrDiMP's loss)."""
+    label_sigma: float = 0.0225
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.label_sigma > 0:
+            raise ValueError(f'KLDISLoss: label_sigma must be positive, got {self.label_sigma!r}')
+
+    def compute(self, score_fn, centers, noise, project, generator):
+        y = _draw(noise, centers, self.num_samples, project, generator)
+        log_p = GaussianLogProb(self.label_sigma)(y, centers)
         return kld_is_loss(score_fn(y), noise.log_prob(y, centers), log_p)
-    if method == 'dsm':
-        eps = torch.randn((n, num_samples, centers.shape[-1]), dtype=centers.dtype,
+
+
+@strict_fields
+@dataclasses.dataclass
+class DSMLoss(EBMLoss):
+    """Denoising score matching with a Gaussian of scale ``sigma`` (0.075); M samples per ground
+    truth. The proposal noise is not used."""
+    sigma: float = 0.075
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.sigma > 0:
+            raise ValueError(f'DSMLoss: sigma must be positive, got {self.sigma!r}')
+
+    def compute(self, score_fn, centers, noise, project, generator):
+        eps = torch.randn((centers.shape[0], self.num_samples, centers.shape[-1]), dtype=centers.dtype,
                           device=centers.device, generator=generator)
-        return dsm_loss(score_fn, centers, centers[:, None] + dsm_sigma * eps, dsm_sigma)
-    if method == 'ml_mcmc':
-        y = langevin_samples(score_fn, draw(num_samples), mcmc_steps, mcmc_step_size, generator)
+        return dsm_loss(score_fn, centers, centers[:, None] + self.sigma * eps, self.sigma)
+
+
+@strict_fields
+@dataclasses.dataclass
+class MLMCMCLoss(EBMLoss):
+    """ML with MCMC: negatives from ``mcmc_steps`` (L = 8) Langevin steps of size
+    ``mcmc_step_size`` (alpha = 1e-5), started at proposal samples."""
+    mcmc_steps: int = 8
+    mcmc_step_size: float = 1e-5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.mcmc_steps, int) or self.mcmc_steps < 0 or not self.mcmc_step_size > 0:
+            raise ValueError(f'MLMCMCLoss: mcmc_steps must be an integer >= 0 and mcmc_step_size positive, got '
+                             f'{self.mcmc_steps!r}, {self.mcmc_step_size!r}')
+
+    def compute(self, score_fn, centers, noise, project, generator):
+        init = _draw(noise, centers, self.num_samples, project, generator)
+        y = langevin_samples(score_fn, init, self.mcmc_steps, self.mcmc_step_size, generator)
         scores = score_fn(torch.cat([centers[:, None], project(y)], dim=1))
         return ml_mcmc_loss(scores[:, 0], scores[:, 1:])
-    raise ValueError(f"unknown EBM training method '{method}'; choose one of "
-                     "'nce_plus', 'nce', 'ml_is', 'kld_is', 'dsm', 'ml_mcmc'")
+
+
+LOSSES = {cls.__name__: cls for cls in (NCEPlusLoss, NCELoss, MLISLoss, KLDISLoss, DSMLoss, MLMCMCLoss)}
+
+
+def build_loss(cfg: Union[dict, EBMLoss]) -> EBMLoss:
+    """An ``EBMLoss`` from ``dict(type='NCEPlusLoss', ...)`` (or one already built).
+
+    Raises:
+        ValueError: an unknown type or argument, a bad value, or the old ``method=`` form.
+    """
+    if isinstance(cfg, EBMLoss):
+        return cfg
+    cfg = dict(cfg)
+    if 'method' in cfg:
+        raise ValueError(f"loss=dict(method={cfg['method']!r}, ...) is no longer supported: name the loss class, "
+                         f"e.g. loss=dict(type='NCEPlusLoss', num_samples=128, beta=0.1); types: {sorted(LOSSES)}")
+    name = cfg.pop('type', None)
+    if isinstance(name, str):
+        name = name.split('.')[-1]  # a registry scope prefix ('mmdet.NCEPlusLoss')
+    if name not in LOSSES:
+        raise ValueError(f'unknown EBM loss type {name!r}; choose one of {sorted(LOSSES)}')
+    return LOSSES[name](**cfg)
 
 
 class GaussianLogProb(GMMNoise):

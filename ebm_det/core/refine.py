@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from .box_spaces import IdentitySpace, check_finite
+from .settings import RefineConfig
 
 # score_fn(boxes (n, D), index (n,)) -> scores (n,). ``index`` gives each row's position in the
 # caller's full box list, so the caller can look up per-box context (image, FPN level, class).
@@ -111,3 +112,75 @@ def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
                 break
     out = space.decode(space.project(y), ref).to(boxes.dtype)
     return RefineResult(out.detach(), scores, init_scores, steps)
+
+
+def select_for_refinement(scores: Tensor, valid: Tensor, batch_idx: Tensor, num_images: int, score_thr: float,
+                          max_per_img: int) -> Tensor:
+    """(N,) bool: the boxes that get refined: ``valid`` ones scoring at least ``score_thr``, at most
+    the ``max_per_img`` best of each image (vectorised; no per-box loop).
+
+    Args:
+        scores: (N,) detection scores; NaN scores rank last.
+        valid: (N,) bool.
+        batch_idx: (N,) long, the image of each box, in [0, num_images).
+    """
+    ok = valid & (scores >= score_thr)
+    # rank the eligible boxes of each image by score: sort by (image, not ok, -score)
+    key = batch_idx.double() * 4.0 + (~ok).double() * 2.0 - torch.sigmoid(scores.double().nan_to_num(0.0))
+    order = key.argsort()
+    counts = torch.bincount(batch_idx, minlength=num_images)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device) - starts[batch_idx[order]]
+    return ok & (rank < max_per_img)
+
+
+class RefinedBoxes(NamedTuple):
+    boxes: Tensor  # (N, D) every input box: the refined one where ``refined``, else the input box
+    ebm_scores: Tensor  # (N,) f at the output box; -inf where the box was not refined
+    refined: Tensor  # (N,) bool: refined, clipped and still valid, so written back
+
+
+def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: RefineConfig,
+                 scores: Optional[Tensor] = None, img_shapes: Optional[Tensor] = None,
+                 num_images: Optional[int] = None) -> RefinedBoxes:
+    """The one refinement step of every box type and caller: select -> refine in the box space ->
+    clip (or wrap) -> keep the refined box only where it is still valid.
+
+    Args:
+        head: an EBM head: ``head.codec`` (a ``BoxCodec``) and ``head.refine(feats, boxes, batch_idx,
+            labels, cfg) -> RefineResult`` (gradient ascent on f in ``codec.space``).
+        feats: the features ``head.refine`` reads (the detector's neck output).
+        boxes: (N, D) boxes in the frame of ``feats`` (2D: network-input pixels x1, y1, x2, y2;
+            LiDAR: metres and radians).
+        batch_idx: (N,) long, each box's image.
+        labels: (N,) long, the class whose f is climbed.
+        cfg: the settings; ``score_thr`` and ``max_per_img`` apply only when ``scores`` is given.
+        scores: (N,) detection scores; None refines every valid box.
+        img_shapes: (B, 2) (h, w) per image for 2D clipping; None: no clipping.
+        num_images: B (default: ``img_shapes``' length, else max(batch_idx) + 1).
+    Returns:
+        ``RefinedBoxes``. A box that is invalid (``codec.valid``: non-finite, too small), not
+        selected, or made invalid by refinement or clipping comes back exactly as given, with
+        ``ebm_scores`` -inf and ``refined`` False: no degenerate box is ever written back.
+    """
+    codec = head.codec
+    n = boxes.shape[0]
+    if num_images is None:
+        num_images = len(img_shapes) if img_shapes is not None else (int(batch_idx.max()) + 1 if n else 0)
+    valid = codec.valid(boxes)
+    if scores is None:
+        sel = valid
+    else:
+        sel = select_for_refinement(scores, valid, batch_idx, num_images, cfg.score_thr, cfg.max_per_img)
+    res = head.refine(feats, boxes[sel], batch_idx[sel], labels[sel], cfg)
+    shapes = None if img_shapes is None else img_shapes.to(boxes.device)[batch_idx[sel]]
+    out = codec.clip(res.boxes, shapes)
+    kept = codec.valid(out)  # refinement or clipping may have made a box degenerate: keep the input then
+    refined = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    refined[sel] = kept
+    new_boxes = boxes.clone()
+    new_boxes[sel] = torch.where(kept[:, None], out.to(boxes.dtype), boxes[sel])
+    ebm = torch.full((n, ), float('-inf'), device=boxes.device, dtype=torch.float32)
+    ebm[sel] = torch.where(kept, res.scores.float(), ebm[sel])
+    return RefinedBoxes(new_boxes, ebm, refined)

@@ -35,7 +35,7 @@ import types
 
 import numpy as np
 
-__all__ = ['rotate_iou_cpu_eval', 'install_cpu_kitti_eval']
+__all__ = ['rotate_iou_cpu_eval', 'install_cpu_kitti_eval', 'select_kitti_iou_backend']
 
 _KITTI_UTILS = 'mmdet3d.evaluation.functional.kitti_utils'
 _ROTATE_IOU = _KITTI_UTILS + '.rotate_iou'
@@ -249,3 +249,27 @@ def install_cpu_kitti_eval(force: bool = False) -> bool:
                 f'still does not use the CPU rotated IoU ({why}); call '
                 'install_cpu_kitti_eval() before importing mmdet3d.evaluation.')
     return True
+
+
+_BACKEND_LOGGED = []
+
+
+def select_kitti_iou_backend() -> str:
+    """Choose who computes mmdet3d's KITTI BEV/3D IoU and log the choice once per process.
+
+    Without CUDA, :func:`install_cpu_kitti_eval` routes it to :func:`rotate_iou_cpu_eval`; with
+    CUDA, mmdet3d's own numba kernel stays. Nothing happens on ``import ebm_det``: a config opts in
+    with ``custom_imports=dict(imports=['ebm_det', 'ebm_det.evaluation.kitti_iou_backend'])`` (or a
+    script calls this function).
+
+    Returns:
+        'ebm_det CPU' or 'mmdet3d numba.cuda'.
+    """
+    backend = 'ebm_det CPU' if install_cpu_kitti_eval() else 'mmdet3d numba.cuda'
+    if not _BACKEND_LOGGED:
+        from mmengine.logging import print_log
+        detail = ('rotate_iou_cpu_eval, exact convex clipping in float64: no CUDA device' if backend == 'ebm_det CPU'
+                  else "mmdet3d's rotate_iou_gpu_eval")
+        print_log(f'KITTI BEV/3D IoU backend: {backend} ({detail})', logger='current')
+        _BACKEND_LOGGED.append(backend)
+    return backend

@@ -10,6 +10,7 @@ from mmdet.structures.bbox import bbox_overlaps, scale_boxes
 from mmdet.utils import ConfigType, InstanceList
 from torch import Tensor
 
+from ebm_det.core import RefineConfig
 from .refine_detector import refine_instances
 
 
@@ -20,18 +21,22 @@ class EBMRoIHead(StandardRoIHead):
 
     Args:
         ebm_head: config of an ``EBMBoxHead``.
-        ebm_test_cfg: refinement settings, as ``EBMRefineDetector``'s ``test_cfg``, plus
-            ``nms_by_ebm`` (False): the paper's order, in which the per-class boxes before NMS are
-            suppressed ranked by f (IoU ``nms_iou``, 0.5), each kept box taking the maximum class
+        ebm_test_cfg: refinement settings, a ``RefineConfig`` as ``EBMRefineDetector``'s
+            ``test_cfg`` (checked when built).
+        nms_by_ebm: the paper's order (False by default): the per-class boxes before NMS are
+            suppressed ranked by f (IoU ``nms_iou``), each kept box taking the maximum class
             score of its cluster, and only then refined.
+        nms_iou: IoU threshold of that NMS (0.5).
         **kwargs: StandardRoIHead's arguments.
     """
 
-    def __init__(self, ebm_head: ConfigType, ebm_test_cfg: dict = None, **kwargs) -> None:
+    def __init__(self, ebm_head: ConfigType, ebm_test_cfg: dict = None, nms_by_ebm: bool = False,
+                 nms_iou: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ebm_head = MODELS.build(ebm_head)
-        self.ebm_test_cfg = dict(nms_by_ebm=False, nms_iou=0.5)
-        self.ebm_test_cfg.update(ebm_test_cfg or {})
+        self.refine_cfg = RefineConfig.build(ebm_test_cfg)
+        self.nms_by_ebm = nms_by_ebm
+        self.nms_iou = nms_iou
 
     def loss(self, x: Tuple[Tensor], rpn_results_list: InstanceList, batch_data_samples: SampleList) -> dict:
         losses = super().loss(x, rpn_results_list, batch_data_samples)
@@ -41,14 +46,13 @@ class EBMRoIHead(StandardRoIHead):
 
     def predict_bbox(self, x: Tuple[Tensor], batch_img_metas: List[dict], rpn_results_list: InstanceList,
                      rcnn_test_cfg: ConfigType, rescale: bool = False) -> InstanceList:
-        if self.ebm_test_cfg['nms_by_ebm']:
+        if self.nms_by_ebm:
             raw = super().predict_bbox(x, batch_img_metas, rpn_results_list, None, rescale=False)
             results = [self._nms_by_ebm(x, r, i, rcnn_test_cfg) for i, r in enumerate(raw)]
         else:
             results = super().predict_bbox(x, batch_img_metas, rpn_results_list, rcnn_test_cfg, rescale=False)
-        cfg = dict(self.ebm_test_cfg)
-        if cfg.pop('enabled', True):
-            refine_instances(self.ebm_head, x, results, batch_img_metas, scale_factors=None, cfg=cfg)
+        if self.refine_cfg.enabled:
+            refine_instances(self.ebm_head, x, results, batch_img_metas, self.refine_cfg)
         if rescale:
             for r, meta in zip(results, batch_img_metas):
                 inv = [1 / s for s in meta['scale_factor']]
@@ -70,12 +74,12 @@ class EBMRoIHead(StandardRoIHead):
         labels = keep.nonzero()[:, 1]
         feats = self.ebm_head.prepare_features(x)
         with torch.no_grad():
-            f = self.ebm_head.score(feats, cand, torch.full_like(labels, img_id), self.ebm_head.map_levels(cand),
-                                    labels)
-        _, kept = batched_nms(cand, f, labels, dict(type='nms', iou_threshold=self.ebm_test_cfg['nms_iou']))
+            f = self.ebm_head.score(feats, cand, torch.full_like(labels, img_id), labels,
+                                    levels=self.ebm_head.map_levels(cand))
+        _, kept = batched_nms(cand, f, labels, dict(type='nms', iou_threshold=self.nms_iou))
         kept = kept[:rcnn_test_cfg.max_per_img]
         iou = bbox_overlaps(cand[kept], cand)
-        same = (labels[kept][:, None] == labels[None]) & (iou > self.ebm_test_cfg['nms_iou'])
+        same = (labels[kept][:, None] == labels[None]) & (iou > self.nms_iou)
         cluster_max = torch.where(same, cls_scores[None], torch.zeros_like(iou)).amax(1)
         out = raw.__class__()
         out.bboxes, out.scores, out.labels = cand[kept], torch.maximum(cluster_max, cls_scores[kept]), labels[kept]

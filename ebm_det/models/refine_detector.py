@@ -1,88 +1,92 @@
-"""A wrapper that adds EBM box refinement to any MMDetection detector."""
+"""A wrapper that adds EBM box refinement to any MMDetection detector, and the one refinement path
+every caller uses: ``detect`` (features and detections in one pass) -> ``refine_instances``."""
+import contextlib
 import copy
 import os
-from typing import List, Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from mmdet.models.detectors.base import BaseDetector
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import get_box_tensor
+from mmdet.structures.bbox import scale_boxes
 from mmdet.utils import ConfigType, OptConfigType
 from mmengine.runner import load_checkpoint
 from torch import Tensor
 
-
-def capture_features(module: torch.nn.Module) -> list:
-    """Keep the latest output of ``module`` (the neck, or the backbone without one) in a list,
-    so the inner detector runs once and its features feed the EBM."""
-    store = []
-
-    def hook(_mod, _inp, out):
-        store[:] = [out]
-
-    module.register_forward_hook(hook)
-    return store
+from ebm_det.core import RefineConfig, refine_boxes
 
 
-def select_for_refinement(scores: Tensor, valid: Tensor, batch_idx: Tensor, num_images: int, score_thr: float,
-                          max_per_img: int) -> Tensor:
-    """(N,) bool: the boxes that get refined: ``valid`` ones scoring at least ``score_thr``,
-    at most the ``max_per_img`` best of each image. The rest are kept as the detector gave them
-    (documented behaviour, never an error in predict)."""
-    ok = valid & (scores >= score_thr)
-    # rank the eligible boxes of each image by score, vectorised: sort by (image, not ok, -score)
-    key = batch_idx.double() * 4.0 + (~ok).double() * 2.0 - torch.sigmoid(scores.double().nan_to_num(0.0))
-    order = key.argsort()
-    counts = torch.bincount(batch_idx, minlength=num_images)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order), device=order.device) - starts[batch_idx[order]]
-    return ok & (rank < max_per_img)
+def feature_module(detector: torch.nn.Module) -> torch.nn.Module:
+    """The module whose output the EBM reads: the detector's neck, or its backbone without one."""
+    return detector.neck if getattr(detector, 'with_neck', False) else detector.backbone
 
 
-def refine_instances(ebm_head, feats, preds: list, img_metas: List[dict], scale_factors: Optional[list],
-                     cfg: dict) -> None:
-    """Refine the boxes of every image of a batch in one call, in place.
+@contextlib.contextmanager
+def capture_output(module: torch.nn.Module):
+    """Within the block, the list yielded holds ``module``'s latest output; the hook is removed
+    on exit, so nothing outlives the call that needed it."""
+    store: list = []
+    handle = module.register_forward_hook(lambda _mod, _inp, out: store.__setitem__(slice(None), [out]))
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def detect_with_features(detector, *args, **kwargs) -> Tuple[SampleList, Tuple[Tensor, ...]]:
+    """``detector.predict(*args, **kwargs)`` of any mmdet/mmdet3d detector and the features its
+    neck computed on the way: one forward pass. Returns (results, feats)."""
+    with capture_output(feature_module(detector)) as store:
+        results = detector.predict(*args, **kwargs)
+    if not store:
+        raise RuntimeError(f'{type(detector).__name__}.predict did not run its '
+                           f'{type(feature_module(detector)).__name__}: no features to refine on')
+    return results, store[0]
+
+
+def refine_instances(head, feats, preds: Sequence, img_metas: Sequence[dict], cfg: RefineConfig) -> None:
+    """Refine the predictions of every image of a batch in one call, in place.
 
     Args:
-        ebm_head: an ``EBMBoxHead``.
-        feats: the neck's features of the batch.
-        preds: per image an InstanceData with bboxes (n, 4), scores, labels.
-        img_metas: per image, with 'img_shape'.
-        scale_factors: per image (w, h) factors from the boxes' frame to the network input's
-            (``metainfo['scale_factor']`` for boxes rescaled to the original image), or None
-            when the boxes are already in input pixels.
-        cfg: num_steps, step_sizes, decay, tol, max_per_img, score_thr, min_size, chunk_size,
-            rescore_weight; missing keys take ``EBMRefineDetector.default_test_cfg``.
-    Adds ``bboxes_init``, ``scores_init`` and ``ebm_scores`` to each InstanceData.
+        head: an EBM head (``EBMBoxHead``, ``EBMBoxHead3D``); ``head.codec`` names the fields
+            (``bboxes`` / ``bboxes_3d``, ``scores`` / ``scores_3d``, ``labels`` / ``labels_3d``).
+        feats: the detector's features of the batch.
+        preds: per image an InstanceData in the frame of ``feats`` (2D: network-input pixels).
+        img_metas: per image its metainfo; 2D boxes are clipped to ``img_shape``.
+        cfg: ``RefineConfig``.
+
+    Each InstanceData gains ``<boxes>_init`` and ``<scores>_init`` (the detector's) and
+    ``ebm_scores`` (f at the output box, -inf where not refined); ``<boxes>`` holds the refined
+    boxes, of the detector's box type and dtype. Boxes that are not valid (``codec.valid``), not
+    selected, or that refinement or clipping made degenerate keep the detector's box.
     """
-    cfg = {**EBMRefineDetector.default_test_cfg, **cfg}  # one set of defaults
-    device = feats[0].device
-    factors = [feats[0].new_tensor(f if scale_factors else (1.0, 1.0)).repeat(2)
-               for f in (scale_factors or [None] * len(preds))]
-    boxes = torch.cat([get_box_tensor(p.bboxes).to(device) * f for p, f in zip(preds, factors)]).float()
-    scores = torch.cat([p.scores for p in preds]).to(device)
-    labels = torch.cat([p.labels for p in preds]).to(device)
+    codec = head.codec
+    device = head.fc_score.weight.device
+    boxes = torch.cat([codec.to_tensor(getattr(p, codec.box_field)).to(device) for p in preds]) if preds else \
+        torch.zeros(0, codec.dim, device=device)
+    scores = torch.cat([getattr(p, codec.score_field).to(device).float() for p in preds]) if preds else boxes.new_zeros(0)
+    labels = torch.cat([getattr(p, codec.label_field).to(device).long() for p in preds]) if preds else \
+        torch.zeros(0, dtype=torch.long, device=device)
     counts = [len(p) for p in preds]
     batch_idx = torch.repeat_interleave(torch.arange(len(preds), device=device), torch.tensor(counts, device=device))
-    # non-finite or (near) zero-size boxes have no relative box space: left unrefined
-    valid = torch.isfinite(boxes).all(-1) & ((boxes[:, 2:] - boxes[:, :2]) > cfg['min_size']).all(-1)
-    sel = select_for_refinement(scores, valid, batch_idx, len(preds), cfg['score_thr'],
-                                cfg['max_per_img'])
-    img_shapes = torch.tensor([m['img_shape'][:2] for m in img_metas], device=device)
-    refined, ebm = boxes.clone(), torch.full_like(scores, float('-inf'))
-    res = ebm_head.refine(feats, boxes[sel], batch_idx[sel], labels[sel], img_shapes,
-                          cfg['step_sizes'], cfg['num_steps'],
-                          cfg['decay'], cfg['tol'], cfg['chunk_size'])
-    refined[sel], ebm[sel] = res.boxes, res.scores
-    new_scores = scores.clone()
-    w = cfg['rescore_weight']
-    if w > 0:
-        new_scores[sel] = scores[sel].clamp(min=1e-12)**(1 - w) * torch.sigmoid(res.scores)**w
-    for p, f, b, e, s in zip(preds, factors, refined.split(counts), ebm.split(counts), new_scores.split(counts)):
-        p.bboxes_init, p.scores_init = p.bboxes, p.scores
-        p.bboxes, p.ebm_scores, p.scores = (b / f).to(p.bboxes.dtype), e, s.to(p.scores)
+    img_shapes = None
+    if codec.clips_to_image:
+        img_shapes = torch.tensor([m['img_shape'][:2] for m in img_metas], device=device)
+    out = refine_boxes(head, feats, boxes, batch_idx, labels, cfg, scores=scores, img_shapes=img_shapes,
+                       num_images=len(preds))
+    new_scores = scores
+    if cfg.rescore_weight > 0:
+        w = cfg.rescore_weight
+        fused = scores.clamp(min=1e-12)**(1 - w) * torch.sigmoid(out.ebm_scores)**w
+        new_scores = torch.where(out.refined, fused, scores)
+    for p, b, e, s in zip(preds, out.boxes.split(counts), out.ebm_scores.split(counts), new_scores.split(counts)):
+        init_boxes, init_scores = getattr(p, codec.box_field), getattr(p, codec.score_field)
+        setattr(p, codec.box_field + '_init', init_boxes)
+        setattr(p, codec.score_field + '_init', init_scores)
+        setattr(p, codec.box_field, codec.from_tensor(b, init_boxes))
+        setattr(p, codec.score_field, s.to(init_scores))
+        p.ebm_scores = e
 
 
 @MODELS.register_module()
@@ -90,39 +94,41 @@ class EBMRefineDetector(BaseDetector):
     """Any mmdet detector plus an ``EBMBoxHead`` that refines its boxes by gradient ascent.
 
     Args:
-        detector: config of the inner detector (two-stage, one-stage or DETR-family). To freeze a
-            trained detector, give it ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+        detector: config of the inner detector (two-stage, one-stage or DETR-family).
         ebm_head: config of an ``EBMBoxHead``.
         detector_checkpoint: a trained checkpoint of the inner detector (a plain mmdet
             checkpoint), loaded by ``init_weights`` instead of the detector's own init (which
             would fetch ImageNet weights).
         freeze_detector: the paper's setting: the inner detector stays in eval mode, gets no
             gradient and only the EBM head trains. False trains both jointly.
+        backbone: settings merged into the inner detector's ``backbone`` config. It exists because
+            ``mmdet.apis.init_detector`` reads ``model.backbone`` of every config (and sets its
+            ``init_cfg`` to None, so that nothing is downloaded); the EBM configs set ``dict()``.
         train_cfg: unused (kept for config symmetry).
-        test_cfg: refinement settings: num_steps (T=10), step_sizes (lambda per dimension of
-            (cx/w0, cy/h0, log w, log h), NCE+: (8e-4, 8e-4, 3.2e-3, 3.2e-3)), decay (eta=0.5),
-            tol (early stop, 0 = off), max_per_img (100), score_thr (0.0), min_size (1e-2 px),
-            chunk_size (None), rescore_weight (0: scores unchanged; w > 0 replaces each refined
-            score s by s^(1-w) * sigmoid(f)^w), enabled (True).
+        test_cfg: refinement settings, a ``ebm_det.core.RefineConfig`` (num_steps, step_sizes,
+            decay, tol, max_per_img, score_thr, chunk_size, rescore_weight, enabled), checked here:
+            an unknown key or a bad value is a ValueError.
         data_preprocessor: defaults to the inner detector's.
 
-    Prediction: ``pred_instances.bboxes`` are the refined boxes; ``bboxes_init`` and
-    ``scores_init`` keep the detector's, so ``InitialPredictionMetric`` scores both in one run;
-    ``ebm_scores`` holds f at the refined box (-inf for boxes left unrefined).
+    Prediction (``predict`` = ``detect`` with refinement): ``pred_instances.bboxes`` are the
+    refined boxes; ``bboxes_init`` and ``scores_init`` keep the detector's, so
+    ``InitialPredictionMetric`` scores both in one run; ``ebm_scores`` holds f at the refined box
+    (-inf for boxes left unrefined).
     """
-    default_test_cfg = dict(num_steps=10, step_sizes=(8e-4, 8e-4, 3.2e-3, 3.2e-3), decay=0.5, tol=0.0, max_per_img=100,
-                            score_thr=0.0, min_size=1e-2, chunk_size=None, rescore_weight=0.0, enabled=True)
 
     def __init__(self,
                  detector: ConfigType,
                  ebm_head: ConfigType,
                  detector_checkpoint: Optional[str] = None,
                  freeze_detector: bool = True,
+                 backbone: OptConfigType = None,
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptConfigType = None) -> None:
         detector = copy.deepcopy(detector)
+        if backbone:
+            detector['backbone'] = {**detector['backbone'], **backbone}
         if data_preprocessor is None:
             data_preprocessor = detector.pop('data_preprocessor', None)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
@@ -130,9 +136,9 @@ class EBMRefineDetector(BaseDetector):
         self.ebm_head = MODELS.build(ebm_head)
         self.freeze_detector = freeze_detector
         self.detector_checkpoint = detector_checkpoint
-        self.test_cfg = {**self.default_test_cfg, **(test_cfg or {})}
-        feat_module = self.detector.neck if getattr(self.detector, 'with_neck', False) else self.detector.backbone
-        self._feats = capture_features(feat_module)
+        self.refine_cfg = RefineConfig.build(test_cfg)
+        codec = self.ebm_head.codec
+        self.refine_cfg.step_sizes_for(codec.dim, codec.default_step_sizes)  # a ValueError now, not at test time
         if freeze_detector:
             self.detector.requires_grad_(False)
 
@@ -157,29 +163,69 @@ class EBMRefineDetector(BaseDetector):
             self.detector.eval()  # frozen BN statistics and no dropout, as in the paper
         return self
 
-    def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:
+    def extract_feat(self, batch_inputs) -> Tuple[Tensor, ...]:
         return self.detector.extract_feat(batch_inputs)
 
-    def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> dict:
-        gt_boxes = [s.gt_instances.bboxes for s in batch_data_samples]
-        gt_labels = [s.gt_instances.labels for s in batch_data_samples]
+    # -------------------------------------------------------------------------------- training
+    def loss(self, batch_inputs, batch_data_samples: SampleList) -> dict:
+        codec = self.ebm_head.codec
+        gts = [getattr(s, codec.gt_field) for s in batch_data_samples]
+        gt_boxes = [getattr(g, codec.box_field) for g in gts]
+        gt_labels = [getattr(g, codec.label_field) for g in gts]
         if self.freeze_detector:
             with torch.no_grad():
                 feats = self.detector.extract_feat(batch_inputs)
             return self.ebm_head.loss(feats, gt_boxes, gt_labels)
-        losses = self.detector.loss(batch_inputs, batch_data_samples)
-        losses.update(self.ebm_head.loss(self._feats[0], gt_boxes, gt_labels))
+        with capture_output(feature_module(self.detector)) as store:  # joint: the loss pass's features
+            losses = self.detector.loss(batch_inputs, batch_data_samples)
+        losses.update(self.ebm_head.loss(store[0], gt_boxes, gt_labels))
         return losses
 
-    def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList, rescale: bool = True) -> SampleList:
-        results = self.detector.predict(batch_inputs, batch_data_samples, rescale=rescale)
-        cfg = dict(self.test_cfg)
-        if cfg.pop('enabled'):
-            metas = [r.metainfo for r in results]
-            factors = [m['scale_factor'] for m in metas] if rescale else None
-            refine_instances(self.ebm_head, self._feats[0], [r.pred_instances for r in results], metas, factors, cfg)
-        self._feats.clear()
+    # ------------------------------------------------------------------------------ prediction
+    def detect(self, batch_inputs, batch_data_samples: SampleList, rescale: bool = True,
+               refine: Optional[bool] = None) -> Tuple[SampleList, Tuple[Tensor, ...]]:
+        """The inner detector's own prediction and the features it computed, in one pass; then
+        refinement (``refine``, default ``test_cfg.enabled``); then the boxes go to the original
+        image (``rescale``). Boxes change frame once, at the end.
+
+        Returns:
+            (results, feats): data samples as the inner detector's ``predict`` gives them (plus
+            the refinement fields), and its neck's features of the batch.
+        """
+        results, feats = detect_with_features(self.detector, batch_inputs, batch_data_samples, rescale=False)
+        if self.refine_cfg.enabled if refine is None else refine:
+            self.refine(feats, results)
+        if rescale:
+            self.rescale(results)
+        return results, feats
+
+    def refine(self, feats, results: SampleList, cfg: Optional[RefineConfig] = None) -> SampleList:
+        """Refine, in place, the predictions of ``results`` (in the network-input frame, as
+        ``detect(..., rescale=False, refine=False)`` gives them) on ``feats``; ``cfg`` defaults to
+        ``test_cfg``. See ``refine_instances``."""
+        codec = self.ebm_head.codec
+        with torch.no_grad():  # refinement enables the gradients it needs (boxes only)
+            refine_instances(self.ebm_head, feats, [getattr(r, codec.pred_field) for r in results],
+                             [r.metainfo for r in results], cfg or self.refine_cfg)
         return results
 
-    def _forward(self, batch_inputs: Tensor, batch_data_samples: OptConfigType = None):
+    def rescale(self, results: SampleList) -> SampleList:
+        """Boxes (refined and ``*_init``) from the network input to the original image, in place
+        (mmdet's ``scale_boxes`` with ``1 / metainfo['scale_factor']``)."""
+        for r in results:
+            pred = r.pred_instances
+            if 'masks' in pred:
+                raise NotImplementedError(f'{type(self).__name__} refines boxes only; masks of '
+                                          f'{type(self.detector).__name__} would stay in the network-input frame')
+            inv = [1 / s for s in r.metainfo['scale_factor']]
+            for key in ('bboxes', 'bboxes_init'):
+                if key in pred:
+                    setattr(pred, key, scale_boxes(getattr(pred, key), inv))
+        return results
+
+    def predict(self, batch_inputs, batch_data_samples: SampleList, rescale: bool = True) -> SampleList:
+        return self.detect(batch_inputs, batch_data_samples, rescale=rescale)[0]
+
+    def _forward(self, batch_inputs, batch_data_samples: OptConfigType = None):
         return self.detector._forward(batch_inputs, batch_data_samples)
+

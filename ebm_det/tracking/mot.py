@@ -1,24 +1,27 @@
-"""MOT models (mmdet's ByteTrack / DeepSORT) wired to refine track boxes with an EBM head."""
+"""MOT models (mmdet's ByteTrack / DeepSORT) that refine detections and track boxes with an EBM head.
+
+Per frame, the detector runs once and hands its features over explicitly
+(``EBMRefineDetector.detect``, or ``detect_with_features`` for any mmdet detector); the tracker
+gets them as an argument.
+"""
 from typing import Optional
 
 from mmdet.models.mot import ByteTrack, DeepSORT
 from mmdet.registry import MODELS
 
-from ebm_det.models.refine_detector import capture_features
+from ebm_det.core import RefineConfig
+from ebm_det.models.refine_detector import EBMRefineDetector, detect_with_features
 from .refiner import EBMBoxRefiner
-
-_REFINE_KEYS = ('num_steps', 'step_sizes', 'decay', 'tol', 'chunk_size', 'min_size')
 
 
 class EBMTrackingMixin:
-    """Binds an ``EBMBoxRefiner`` and the detector's neck features to the tracker.
+    """The EBM half of a MOT model: the refiner for track boxes, and mmdet's per-frame loop with
+    the features handed from detector to tracker.
 
     The head is the detector's ``ebm_head`` (an ``EBMRefineDetector``, whose detections are then
     refined too unless its ``test_cfg.enabled=False``) or a separate ``ebm_head`` config (any mmdet
-    detector: only track boxes are refined). The neck's output of each frame is captured by a
-    forward hook, so the detector runs once per frame, and the tracker (``EBMByteTracker``,
-    ``EBMSORTTracker``) reads it. ``track_refine_cfg`` (num_steps, step_sizes, decay, tol,
-    chunk_size, min_size) defaults to the refine detector's ``test_cfg``.
+    detector: only track boxes are refined). ``track_refine_cfg`` (a ``RefineConfig``) defaults to
+    the refine detector's ``test_cfg``.
     """
 
     def _bind_ebm(self, ebm_head: Optional[dict], track_refine_cfg: Optional[dict]) -> None:
@@ -26,28 +29,39 @@ class EBMTrackingMixin:
         if ebm_head is not None:
             self.ebm_head = MODELS.build({'_scope_': 'mmdet', **ebm_head})
             head = self.ebm_head
-        elif hasattr(det, 'ebm_head'):
+        elif isinstance(det, EBMRefineDetector):
             head = det.ebm_head
         else:
             raise ValueError('EBM tracking needs an EBMRefineDetector as detector or an ebm_head config')
-        inner = getattr(det, 'detector', det)
-        feat_module = inner.neck if getattr(inner, 'with_neck', False) else inner.backbone
-        self._track_feats = capture_features(feat_module)
-        cfg = {k: v for k, v in (getattr(det, 'test_cfg', None) or {}).items() if k in _REFINE_KEYS and v is not None}
-        cfg.update(track_refine_cfg or {})
-        unknown = set(cfg) - set(_REFINE_KEYS)
-        if unknown:
-            raise KeyError(f'unknown track_refine_cfg keys {sorted(unknown)}; valid: {_REFINE_KEYS}')
+        base = det.refine_cfg if isinstance(det, EBMRefineDetector) else RefineConfig()
         # a plain object referencing the head: no second registration of its parameters
-        self.refiner = EBMBoxRefiner(head, detector=det, **cfg)
+        self.refiner = EBMBoxRefiner(head, base.replace(**(track_refine_cfg or {})), detector=det)
         if hasattr(self.tracker, 'bind_ebm'):
-            self.tracker.bind_ebm(self.refiner, self._track_feats)
+            self.tracker.bind_ebm(self.refiner)
 
-    def predict(self, inputs, data_samples, **kwargs):
-        try:
-            return super().predict(inputs, data_samples, **kwargs)
-        finally:
-            self._track_feats.clear()  # no frame's features outlive the video
+    def detect_frame(self, img, data_sample, rescale: bool = True):
+        """(det_results, feats) of one frame: the detector's (refined) detections and its features."""
+        if isinstance(self.detector, EBMRefineDetector):
+            return self.detector.detect(img, [data_sample], rescale=rescale)
+        return detect_with_features(self.detector, img, [data_sample], rescale=rescale)
+
+    def track_frame(self, img, det_result, feats, rescale: bool, **kwargs):
+        """The tracker's ``track`` on one frame's detections and features."""
+        raise NotImplementedError
+
+    def predict(self, inputs, data_samples, rescale: bool = True, **kwargs):
+        """mmdet's MOT predict loop (ByteTrack / DeepSORT), with the detector's features handed
+        to the tracker each frame. ``inputs`` (1, T, C, H, W); one video per batch."""
+        assert inputs.dim() == 5 and inputs.size(0) == 1 and len(data_samples) == 1, \
+            f'{type(self).__name__} takes one video per batch: inputs (1, T, C, H, W)'
+        track_data_sample = data_samples[0]
+        for frame_id in range(len(track_data_sample)):
+            img_data_sample = track_data_sample[frame_id]
+            single_img = inputs[:, frame_id].contiguous()
+            det_results, feats = self.detect_frame(single_img, img_data_sample, rescale)
+            img_data_sample.pred_track_instances = self.track_frame(single_img, det_results[0], feats, rescale,
+                                                                    **kwargs)
+        return [track_data_sample]
 
 
 @MODELS.register_module()
@@ -66,6 +80,9 @@ class EBMByteTrack(EBMTrackingMixin, ByteTrack):
         super().__init__(detector=detector, tracker=tracker, data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self._bind_ebm(ebm_head, track_refine_cfg)
 
+    def track_frame(self, img, det_result, feats, rescale: bool, **kwargs):
+        return self.tracker.track(data_sample=det_result, feats=feats, **kwargs)
+
 
 @MODELS.register_module()
 class EBMDeepSORT(EBMTrackingMixin, DeepSORT):
@@ -77,3 +94,12 @@ class EBMDeepSORT(EBMTrackingMixin, DeepSORT):
         super().__init__(detector=detector, reid=reid, tracker=tracker, data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
         self._bind_ebm(ebm_head, track_refine_cfg)
+
+    def predict(self, inputs, data_samples, rescale: bool = True, **kwargs):
+        if data_samples[0][0].frame_id == 0:
+            self.tracker.reset()  # as DeepSORT.predict
+        return super().predict(inputs, data_samples, rescale, **kwargs)
+
+    def track_frame(self, img, det_result, feats, rescale: bool, **kwargs):
+        return self.tracker.track(model=self, img=img, data_sample=det_result, data_preprocessor=self.preprocess_cfg,
+                                  rescale=rescale, ebm_feats=feats, **kwargs)

@@ -1,5 +1,5 @@
-"""EBMBoxRefiner: refine any boxes (a tracker's motion prediction, last frame's boxes) on a frame."""
-import copy
+"""EBMBoxRefiner: refine any 2D boxes (a tracker's motion prediction, last frame's boxes) on a frame,
+through the same refinement step as the detectors (``ebm_det.core.refine_boxes``)."""
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -7,38 +7,29 @@ import torch
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ebm_det.core import roi_grid_sample
+from ebm_det.core import RefineConfig, refine_boxes
 
 ImgShape = Union[Sequence[int], Tensor]
 
 
 class EBMBoxRefiner:
-    """Gradient-ascent refinement of boxes on a trained ``EBMBoxHead``, for trackers.
+    """Gradient-ascent refinement of (x1, y1, x2, y2) boxes on a trained ``EBMBoxHead``, for trackers.
 
     A plain object (not an ``nn.Module``): it only references the head, so a model that owns the
     head can hold a refiner without registering the head's parameters twice.
 
     Args:
         ebm_head: an ``EBMBoxHead`` or its config (built in mmdet's MODELS registry).
+        cfg: a ``RefineConfig`` (or dict); ``score_thr`` and ``max_per_img`` do not apply (every
+            valid box given is refined).
         checkpoint: optional checkpoint for a head built from a config: an ``EBMRefineDetector``
-            checkpoint (the ``ebm_head.`` entries are used) or a bare head state dict.
-        num_steps, step_sizes, decay, tol, chunk_size: as ``EBMBoxHead.refine``.
-        min_size: boxes narrower or lower than this (px) and non-finite boxes are not refined:
-            they come back as given (clamped to the image) with score -inf.
-        detector: optional ``EBMRefineDetector`` (or any mmdet detector) whose ``extract_feat``
-            and ``data_preprocessor`` ``features`` uses.
+            checkpoint (the ``ebm_head.`` entries are used) or a bare head state dict; loaded
+            with ``weights_only=True``.
+        detector: optional ``EBMRefineDetector`` (or any mmdet detector) whose data preprocessor
+            and ``extract_feat`` ``features`` uses.
     """
 
-    def __init__(self,
-                 ebm_head,
-                 checkpoint: Optional[str] = None,
-                 num_steps: int = 10,
-                 step_sizes=(8e-4, 8e-4, 3.2e-3, 3.2e-3),
-                 decay: float = 0.5,
-                 tol: float = 0.0,
-                 chunk_size: Optional[int] = None,
-                 min_size: float = 1e-2,
-                 detector=None) -> None:
+    def __init__(self, ebm_head, cfg=None, checkpoint: Optional[str] = None, detector=None) -> None:
         if isinstance(ebm_head, dict):
             ebm_head = MODELS.build({'_scope_': 'mmdet', **ebm_head})
             if checkpoint is None:
@@ -49,43 +40,24 @@ class EBMBoxRefiner:
             sub = {k[len('ebm_head.'):]: v for k, v in state.items() if k.startswith('ebm_head.')}
             ebm_head.load_state_dict(sub or state, strict=True)
         self.head = ebm_head
-        self.num_steps = num_steps
-        self.step_sizes = tuple(step_sizes) if not isinstance(step_sizes, (float, int)) else step_sizes
-        self.decay = decay
-        self.tol = tol
-        self.chunk_size = chunk_size
-        self.min_size = min_size
+        self.cfg = RefineConfig.build(cfg)
+        self.cfg.step_sizes_for(ebm_head.codec.dim, ebm_head.codec.default_step_sizes)  # checked now
         self.detector = detector
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
     def from_detector(cls, model, **overrides) -> 'EBMBoxRefiner':
         """A refiner on the head of an ``EBMRefineDetector`` (or of a MOT model whose
-        ``detector`` is one), with its ``test_cfg`` refinement settings unless overridden."""
+        ``detector`` is one), with its ``test_cfg`` settings, ``overrides`` on top."""
         det = model if hasattr(model, 'ebm_head') else model.detector
-        cfg = dict(getattr(det, 'test_cfg', None) or {})
-        keys = ('num_steps', 'step_sizes', 'decay', 'tol', 'chunk_size', 'min_size')
-        settings = {k: cfg[k] for k in keys if cfg.get(k) is not None}
-        settings.update(overrides)
-        return cls(det.ebm_head, detector=det, **settings)
+        return cls(det.ebm_head, det.refine_cfg.replace(**overrides), detector=det)
 
     @classmethod
-    def from_config(cls, config, checkpoint: Optional[str] = None, device: str = 'cpu',
-                    **overrides) -> 'EBMBoxRefiner':
-        """Build the ``EBMRefineDetector`` of a config file (or ``Config``), load a checkpoint of
-        it, and return ``from_detector`` on it (in eval mode)."""
-        from mmengine.config import Config
-        from mmengine.registry import init_default_scope
-        from mmengine.runner import load_checkpoint
-        cfg = Config.fromfile(config) if isinstance(config, str) else config
-        init_default_scope(cfg.get('default_scope', 'mmdet'))
-        model_cfg = copy.deepcopy(cfg.model)
-        model_cfg['detector_checkpoint'] = None
-        model = MODELS.build(model_cfg)
-        if checkpoint is not None:
-            load_checkpoint(model, checkpoint, map_location='cpu', strict=True, logger='silent')
-        model.to(device).eval()
-        return cls.from_detector(model, **overrides)
+    def from_config(cls, config, checkpoint: Optional[str] = None, device: str = 'cpu', **overrides) -> 'EBMBoxRefiner':
+        """``from_detector`` on the ``EBMRefineDetector`` that ``mmdet.apis.init_detector`` builds
+        from a config file (or ``Config``) and a checkpoint of it, in eval mode."""
+        from mmdet.apis import init_detector
+        return cls.from_detector(init_detector(config, checkpoint, device=device), **overrides)
 
     # ------------------------------------------------------------------------------ features
     @torch.no_grad()
@@ -106,23 +78,15 @@ class EBMBoxRefiner:
             tensors = [torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))) if isinstance(im, np.ndarray)
                        else im for im in images]
             images = self.detector.data_preprocessor(dict(inputs=tensors), False)['inputs']
-        inner = getattr(self.detector, 'detector', self.detector)
-        return tuple(inner.extract_feat(images))
+        return tuple(self.detector.extract_feat(images))
 
-    # -------------------------------------------------------------------------------- labels
-    @torch.no_grad()
     def best_labels(self, feats: Sequence[Tensor], boxes: Tensor, batch_idx: Optional[Tensor] = None) -> Tensor:
-        """(N,) the class whose score is highest at each box (0 for a class-agnostic head)."""
+        """(N,) the class whose score is highest at each (N, 4) input-pixel box (0 for a
+        class-agnostic head)."""
         boxes = boxes.float()
-        n = boxes.shape[0]
-        if self.head.class_agnostic or n == 0:
-            return torch.zeros(n, dtype=torch.long, device=boxes.device)
-        batch_idx = torch.zeros(n, dtype=torch.long, device=boxes.device) if batch_idx is None else batch_idx
-        feats = self.head.prepare_features(feats)
-        levels = self.head.map_levels(boxes)
-        rois = roi_grid_sample(feats, boxes, batch_idx, levels, self.head.featmap_strides, self.head.roi_size,
-                               self.head.sampling_ratio)
-        return self.head.fc_score(self.head.fcs(rois.flatten(1))).argmax(1)
+        if batch_idx is None:
+            batch_idx = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
+        return self.head.best_labels(feats, boxes, batch_idx)
 
     # -------------------------------------------------------------------------------- refine
     @torch.no_grad()
@@ -138,20 +102,23 @@ class EBMBoxRefiner:
         Args:
             feats: the neck's features of B frames (B, C, H_l, W_l) per level.
             boxes: (N, 4) boxes, e.g. last frame's track boxes or a motion model's prediction.
-            img_shape: (h, w) of the input the features come from (every frame), or (B, 2).
-            labels: (N,) classes to score with; None: each box's best class at its input.
-            batch_idx: (N,) frame of each box in the batch; None: frame 0.
-            scale_factor: (w, h) factors from the boxes' frame to the input pixels (mmdet's
-                ``scale_factor`` for boxes in original-image pixels); None: boxes are in input
-                pixels. Results come back in the boxes' frame.
+            img_shape: (h, w) of the network input, or (B, 2) per frame; refined boxes are clipped
+                to it.
+            labels: (N,) class of each box; None: the head's best class at the given box.
+            batch_idx: (N,) frame of each box (default: all frame 0).
+            scale_factor: (w, h) from the boxes' pixels to the network input's
+                (``metainfo['scale_factor']`` for boxes in original-image pixels); None: boxes are
+                in input pixels. Results come back in the boxes' frame.
         Returns:
-            (boxes (N, 4) refined and clamped to the image, scores (N,) f at the refined boxes;
-            -inf for boxes too small or non-finite to refine, which are only clamped).
+            (boxes (N, 4), scores (N,)): the refined boxes and f there, in the input's dtype and
+            device. A box that is not valid (non-finite, under ``codec.min_size``), or that
+            refinement plus clipping would make degenerate, comes back exactly as given, with
+            score -inf: no degenerate box ever reaches a tracker's state.
         """
         device = feats[0].device
-        dtype = boxes.dtype
         n = boxes.shape[0]
-        factor = boxes.new_tensor(scale_factor if scale_factor is not None else (1.0, 1.0)).to(device).float()
+        factor = torch.as_tensor(scale_factor if scale_factor is not None else (1.0, 1.0), dtype=torch.float32,
+                                 device=device).reshape(-1)
         factor = factor.repeat(2) if factor.numel() == 2 else factor
         work = boxes.to(device).float() * factor
         batch_idx = (torch.zeros(n, dtype=torch.long, device=device) if batch_idx is None else
@@ -159,16 +126,12 @@ class EBMBoxRefiner:
         shapes = torch.as_tensor(img_shape, device=device).float().reshape(-1, 2)
         if shapes.shape[0] == 1:
             shapes = shapes.expand(feats[0].shape[0], 2)
-        valid = torch.isfinite(work).all(-1) & ((work[:, 2:] - work[:, :2]) > self.min_size).all(-1)
-        out = torch.nan_to_num(work)
-        scores = torch.full((n, ), float('-inf'), device=device)
-        if bool(valid.any()):
-            sel_boxes, sel_idx = work[valid], batch_idx[valid]
-            sel_labels = (self.best_labels(feats, sel_boxes, sel_idx) if labels is None else
-                          torch.as_tensor(labels, device=device).long()[valid])
-            res = self.head.refine(feats, sel_boxes, sel_idx, sel_labels, shapes, self.step_sizes, self.num_steps,
-                                   self.decay, self.tol, self.chunk_size)
-            out[valid], scores[valid] = res.boxes, res.scores.float()
-        hw = shapes[batch_idx]
-        out = torch.minimum(out.clamp(min=0), hw.flip(-1).repeat(1, 2))  # every box inside its image
-        return (out / factor).to(dtype), scores
+        if labels is None:
+            labels = torch.zeros(n, dtype=torch.long, device=device)
+            valid = self.head.codec.valid(work)
+            labels[valid] = self.best_labels(feats, work[valid], batch_idx[valid])
+        labels = torch.as_tensor(labels, device=device).long()
+        out = refine_boxes(self.head, feats, work, batch_idx, labels, self.cfg, img_shapes=shapes,
+                           num_images=shapes.shape[0])
+        refined = torch.where(out.refined[:, None], out.boxes / factor, boxes.to(device).float())
+        return refined.to(boxes), out.ebm_scores.to(boxes.device)

@@ -60,14 +60,37 @@ import numpy as np
 
 SHAPE_CLASSES: Tuple[str, ...] = ('rectangle', 'ellipse', 'triangle', 'star', 'ring')
 
+# Ranges below are (low, high): uniform draws for floats, numpy's half-open [low, high) for counts.
+# Lengths marked "at REFERENCE_SIZE" scale linearly with the image side.
+REFERENCE_SIZE = 256.0  # px, image side at which the "at REFERENCE_SIZE" lengths hold
+PIXEL_MAX = 255  # largest uint8 channel value
+MIN_IMAGE_SIZE = 16  # px, smallest image side :func:`generate` accepts
+
 # cv2.fillPoly takes integer points; this many fractional bits keep sub-pixel shape placement.
 _FILL_SHIFT = 4
+HALF_COVERAGE = 128  # uint8 anti-aliased coverage at which a pixel belongs to a shape's mask
+PATCH_MARGIN = 4  # px added around a shape's patch, room for the halo of a blurred shape
 
 Polygon = np.ndarray  # (N, 2) float (x, y) points around the shape centre
 
 
 # --------------------------------------------------------------------------------------- shapes
-def _ellipse_points(a: float, b: float, num: int = 48) -> Polygon:
+ELLIPSE_VERTICES = 48  # polygon vertices of an ellipse or ring outline
+# Short / long side ratio of a rectangle; >= 0.3 so thin bars still cover a few pixels at the
+# smallest sizes.
+RECT_SIDE_RATIO = (0.3, 1.0)
+ELLIPSE_AXIS_RATIO = (0.35, 1.0)  # minor / major half-axis of an ellipse
+# rad, largest shift of a triangle's vertex angle from equal spacing; < 0.4 keeps every interior
+# angle >= ~35 deg, so no triangle degenerates into a sliver.
+TRIANGLE_ANGLE_JITTER = 0.4
+TRIANGLE_RADIUS_RATIO = (0.75, 1.0)  # distance of a triangle vertex from the centre / radius
+STAR_SPIKES = (5, 8)  # number of spikes of a star, [low, high)
+STAR_INNER_RATIO = (0.38, 0.6)  # inner / outer radius of a star
+RING_ASPECT = (0.75, 1.0)  # minor / major half-axis of a ring
+RING_HOLE_RATIO = (0.45, 0.7)  # half-axes of a ring's hole / of its outline
+
+
+def _ellipse_points(a: float, b: float, num: int = ELLIPSE_VERTICES) -> Polygon:
     """Return (num, 2) points of an axis-aligned ellipse with half-axes a (x) and b (y)."""
     t = np.linspace(0.0, 2.0 * np.pi, num, endpoint=False)
     return np.stack([a * np.cos(t), b * np.sin(t)], axis=1)
@@ -75,32 +98,31 @@ def _ellipse_points(a: float, b: float, num: int = 48) -> Polygon:
 
 def rectangle_outline(rng: np.random.Generator, radius: float) -> List[Polygon]:
     """Rectangle whose half-diagonal is ``radius``; returns one (4, 2) polygon, unrotated."""
-    # The short/long side ratio sets the angle of the diagonal; keep it >= 0.3 so thin bars
-    # still cover a few pixels at the smallest sizes.
-    diagonal_angle = np.arctan(rng.uniform(0.3, 1.0))
+    # The short/long side ratio sets the angle of the diagonal.
+    diagonal_angle = np.arctan(rng.uniform(*RECT_SIDE_RATIO))
     half_w, half_h = radius * np.cos(diagonal_angle), radius * np.sin(diagonal_angle)
     return [np.array([[-half_w, -half_h], [half_w, -half_h], [half_w, half_h], [-half_w, half_h]])]
 
 
 def ellipse_outline(rng: np.random.Generator, radius: float) -> List[Polygon]:
     """Ellipse with major half-axis ``radius``; returns one (48, 2) polygon, unrotated."""
-    return [_ellipse_points(radius, radius * rng.uniform(0.35, 1.0))]
+    return [_ellipse_points(radius, radius * rng.uniform(*ELLIPSE_AXIS_RATIO))]
 
 
 def triangle_outline(rng: np.random.Generator, radius: float) -> List[Polygon]:
     """Irregular triangle inscribed in a circle of ``radius``; returns one (3, 2) polygon."""
-    # Jittering equally spaced vertex angles by < 0.4 rad keeps every interior angle >= ~35 deg,
-    # so no triangle degenerates into a sliver.
-    angles = np.array([0.0, 2.0, 4.0]) * np.pi / 3.0 + rng.uniform(-0.4, 0.4, 3)
-    radii = radius * rng.uniform(0.75, 1.0, 3)
+    angles = (np.array([0.0, 2.0, 4.0]) * np.pi / 3.0
+              + rng.uniform(-TRIANGLE_ANGLE_JITTER, TRIANGLE_ANGLE_JITTER, 3))
+    radii = radius * rng.uniform(*TRIANGLE_RADIUS_RATIO, 3)
     return [np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)]
 
 
 def star_outline(rng: np.random.Generator, radius: float) -> List[Polygon]:
     """Star with 5-7 spikes of outer radius ``radius``; returns one (2 * spikes, 2) polygon."""
-    spikes = int(rng.integers(5, 8))
+    spikes = int(rng.integers(*STAR_SPIKES))
     angles = np.arange(2 * spikes) * np.pi / spikes
-    radii = np.where(np.arange(2 * spikes) % 2 == 0, radius, radius * rng.uniform(0.38, 0.6))
+    radii = np.where(np.arange(2 * spikes) % 2 == 0, radius,
+                     radius * rng.uniform(*STAR_INNER_RATIO))
     return [np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)]
 
 
@@ -110,8 +132,8 @@ def ring_outline(rng: np.random.Generator, radius: float) -> List[Polygon]:
     cv2.fillPoly fills with the even-odd rule, so the inner polygon becomes a hole through which
     the background (and anything below) shows.
     """
-    aspect = rng.uniform(0.75, 1.0)
-    hole = rng.uniform(0.45, 0.7)
+    aspect = rng.uniform(*RING_ASPECT)
+    hole = rng.uniform(*RING_HOLE_RATIO)
     return [_ellipse_points(radius, radius * aspect),
             _ellipse_points(radius * hole, radius * aspect * hole)]
 
@@ -125,13 +147,48 @@ SHAPE_OUTLINES: Dict[str, Callable[[np.random.Generator, float], List[Polygon]]]
 }
 
 
+def check_classes(classes: Sequence[str]) -> None:
+    """Raise ValueError unless ``classes`` is a non-empty subset of :data:`SHAPE_CLASSES`."""
+    unknown = [c for c in classes if c not in SHAPE_OUTLINES]
+    if unknown or not classes:
+        raise ValueError(f'classes must be a non-empty subset of {SHAPE_CLASSES}, got {classes}')
+
+
+def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """One draw whose log is uniform on [log low, log high): as many small as large values per
+    octave, as object sizes in real data."""
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
 # ------------------------------------------------------------------------------------- textures
+HUE_LEVELS = 180  # OpenCV's 8-bit hue scale: hues are drawn from [0, 180)
+FILL_KINDS = ('solid', 'stripes', 'checker', 'noise')  # pattern kinds of an object's fill
+SHADING_AMPLITUDE = 0.25  # mixing weight at the far end of the 'solid' fill's shading ramp
+HARD_STRIPES_PROB = 0.5  # chance that stripes are hard-edged, so edge sharpness is no class cue
+NOISE_FILL_CELLS = (3, 7)  # grid cells per side of the 'noise' fill's coarse field, [low, high)
+NOISE_FILL_STD = 0.08  # std of the per-pixel noise on the 'noise' fill, in mixing-weight units
+SHADE_PROB = 0.5  # chance that an object's second colour is a darker shade of its first
+SHADE_FACTOR = (0.3, 0.7)  # brightness of that darker shade relative to the first colour
+OBJECT_MIN_PERIOD = 3.0  # px, shortest stripe / checker period of an object's fill
+OBJECT_PERIODS_PER_SIDE = 3.0  # longest object period = texture side / this (>= min + 1 px)
+TEXTURE_NOISE_STD = (0.0, 8.0)  # grey levels, range of the pixel-noise std of an object texture
+
+
 def random_color(rng: np.random.Generator, min_saturation: int = 40,
                  min_value: int = 40) -> np.ndarray:
-    """Return a (3,) float32 BGR colour drawn in HSV, so hues are uniform and few are greyish."""
-    hsv = np.array([[[rng.integers(0, 180), rng.integers(min_saturation, 256),
-                      rng.integers(min_value, 256)]]], dtype=np.uint8)
+    """Return a (3,) float32 BGR colour drawn in HSV, so hues are uniform and few are greyish.
+
+    ``min_saturation`` and ``min_value`` are on OpenCV's 0-255 scale.
+    """
+    hsv = np.array([[[rng.integers(0, HUE_LEVELS), rng.integers(min_saturation, PIXEL_MAX + 1),
+                      rng.integers(min_value, PIXEL_MAX + 1)]]], dtype=np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+
+
+def pattern_periods(side: float, min_period: float, periods_per_side: float) -> Tuple[float, float]:
+    """(shortest, longest) pattern period in px for a ``side`` px field: from ``min_period`` to
+    ``side / periods_per_side``, the longest at least 1 px above the shortest."""
+    return min_period, max(min_period + 1.0, side / periods_per_side)
 
 
 def pattern_field(rng: np.random.Generator, height: int, width: int, kind: str,
@@ -139,6 +196,7 @@ def pattern_field(rng: np.random.Generator, height: int, width: int, kind: str,
     """Return an (height, width) float32 field in [0, 1] that mixes two colours.
 
     kind: 'solid' (a weak shading ramp), 'stripes', 'checker' or 'noise' (smooth random blobs).
+    period_range: (min, max) stripe / checker period in px.
     The pattern is rotated by a random angle so stripes and checkers are not axis-aligned.
     """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -147,56 +205,111 @@ def pattern_field(rng: np.random.Generator, height: int, width: int, kind: str,
     v = -xx * np.sin(angle) + yy * np.cos(angle)
     period = rng.uniform(*period_range)
     if kind == 'solid':
-        return 0.25 * (u - u.min()) / max(float(np.ptp(u)), 1.0)
+        return SHADING_AMPLITUDE * (u - u.min()) / max(float(np.ptp(u)), 1.0)
     if kind == 'stripes':
         wave = 0.5 + 0.5 * np.sin(2.0 * np.pi * u / period + rng.uniform(0.0, 2.0 * np.pi))
-        # Half of the stripes are hard-edged, half smooth, so edge sharpness is no class cue.
-        return (wave > 0.5).astype(np.float32) if rng.random() < 0.5 else wave
+        return (wave > 0.5).astype(np.float32) if rng.random() < HARD_STRIPES_PROB else wave
     if kind == 'checker':
         return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
     if kind == 'noise':
-        cells = int(rng.integers(3, 7))
+        cells = int(rng.integers(*NOISE_FILL_CELLS))
         coarse = rng.random((cells, cells)).astype(np.float32)
         smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-        return np.clip(smooth + rng.normal(0.0, 0.08, smooth.shape).astype(np.float32), 0, 1)
+        return np.clip(smooth + rng.normal(0.0, NOISE_FILL_STD, smooth.shape).astype(np.float32),
+                       0, 1)
     raise ValueError(f'unknown pattern kind {kind!r}')
-
-
-_FILL_KINDS = ('solid', 'stripes', 'checker', 'noise')
 
 
 def object_texture(rng: np.random.Generator, side: int) -> np.ndarray:
     """Return a (side, side, 3) float32 BGR texture: two colours mixed by a random pattern."""
     first = random_color(rng)
     # The second colour is either a darker shade (reads as one material) or another hue.
-    second = first * rng.uniform(0.3, 0.7) if rng.random() < 0.5 else random_color(rng)
-    kind = _FILL_KINDS[int(rng.integers(len(_FILL_KINDS)))]
-    field = pattern_field(rng, side, side, kind, (3.0, max(4.0, side / 3.0)))[..., None]
+    if rng.random() < SHADE_PROB:
+        second = first * rng.uniform(*SHADE_FACTOR)
+    else:
+        second = random_color(rng)
+    kind = FILL_KINDS[int(rng.integers(len(FILL_KINDS)))]
+    periods = pattern_periods(side, OBJECT_MIN_PERIOD, OBJECT_PERIODS_PER_SIDE)
+    field = pattern_field(rng, side, side, kind, periods)[..., None]
     texture = first * (1.0 - field) + second * field
-    return texture + rng.normal(0.0, rng.uniform(0.0, 8.0), texture.shape).astype(np.float32)
+    noise_std = rng.uniform(*TEXTURE_NOISE_STD)
+    return texture + rng.normal(0.0, noise_std, texture.shape).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------- background
-def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Return a (size, size, 3) uint8 BGR background: gradient, colour noise, faint pattern."""
+BACKGROUND_NOISE_CELLS = (3, 9)  # grid cells per side of the low-frequency colour noise [low, high)
+BACKGROUND_NOISE_STD = (10.0, 40.0)  # grey levels, range of that noise's std
+BACKGROUND_PATTERN_PROB = 0.35  # chance of a faint stripe or checker background pattern
+BACKGROUND_PATTERN_KINDS = ('stripes', 'checker')  # kinds of that pattern
+BACKGROUND_PATTERN_CONTRAST = (10.0, 40.0)  # grey levels, peak-to-peak strength of the pattern
+BACKGROUND_MIN_PERIOD = 4.0  # px, shortest background pattern period
+BACKGROUND_PERIODS_PER_SIDE = 8.0  # longest background period = image side / this
+BACKGROUND_BLOB_FRACTION = 0.12  # largest radius of a clutter blob under the objects / image side
+
+
+def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float32 linear ramp between two random BGR colours at a random angle."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     angle = rng.uniform(0.0, 2.0 * np.pi)
     ramp = xx * np.cos(angle) + yy * np.sin(angle)
+    # the floor on the span only guards the division; a ramp over an image is never flat
     ramp = ((ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6))[..., None]
-    start = rng.uniform(0, 255, 3).astype(np.float32)
-    end = rng.uniform(0, 255, 3).astype(np.float32)
-    image = start * (1.0 - ramp) + end * ramp
-    # Low-frequency colour noise makes the background uneven, so a global threshold cannot
-    # separate objects from it.
-    cells = int(rng.integers(3, 9))
-    coarse = rng.normal(0.0, rng.uniform(10.0, 40.0), (cells, cells, 3)).astype(np.float32)
-    image += cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-    if rng.random() < 0.35:
-        # A faint background pattern, so stripes and checkers are not object-only cues.
-        kind = ('stripes', 'checker')[int(rng.integers(2))]
-        field = pattern_field(rng, size, size, kind, (4.0, max(5.0, size / 8.0)))[..., None]
-        image += (field - 0.5) * rng.uniform(10.0, 40.0)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    start = rng.uniform(0, PIXEL_MAX, 3).astype(np.float32)
+    end = rng.uniform(0, PIXEL_MAX, 3).astype(np.float32)
+    return start * (1.0 - ramp) + end * ramp
+
+
+def _colour_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float32 low-frequency colour noise (grey levels, zero mean).
+
+    It makes the background uneven, so a global threshold cannot separate objects from it.
+    """
+    cells = int(rng.integers(*BACKGROUND_NOISE_CELLS))
+    coarse = rng.normal(0.0, rng.uniform(*BACKGROUND_NOISE_STD),
+                        (cells, cells, 3)).astype(np.float32)
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _faint_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 1) float32 zero-mean stripe or checker pattern (grey levels).
+
+    Drawn on some backgrounds, so stripes and checkers are not object-only cues.
+    """
+    kind = BACKGROUND_PATTERN_KINDS[int(rng.integers(len(BACKGROUND_PATTERN_KINDS)))]
+    periods = pattern_periods(size, BACKGROUND_MIN_PERIOD, BACKGROUND_PERIODS_PER_SIDE)
+    field = pattern_field(rng, size, size, kind, periods)[..., None]
+    return (field - 0.5) * rng.uniform(*BACKGROUND_PATTERN_CONTRAST)
+
+
+def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Return a (size, size, 3) uint8 BGR background: gradient, colour noise, faint pattern."""
+    image = _gradient(rng, size)
+    image += _colour_noise(rng, size)
+    if rng.random() < BACKGROUND_PATTERN_PROB:
+        image += _faint_pattern(rng, size)
+    return np.clip(image, 0, PIXEL_MAX).astype(np.uint8)
+
+
+# -------------------------------------------------------------------------------------- clutter
+CLUTTER_THICKNESS = (1.0, 3.0)  # px at REFERENCE_SIZE, stroke width of clutter lines
+CLUTTER_LINES = (3, 13)  # straight lines under the objects, [low, high)
+OVERLAY_LINES = (1, 4)  # thin (1 px) lines drawn across the objects, [low, high)
+OVERLAY_PROB = 0.3  # chance that an image gets lines across its objects
+CLUTTER_CURVES = (0, 4)  # random-walk curves, [low, high)
+CURVE_STEPS = (5, 15)  # segments of a curve, [low, high)
+CURVE_TURN_STD = 0.6  # rad, std of the heading change from one segment to the next
+CURVE_STEP_LENGTH = (4.0, 14.0)  # px at REFERENCE_SIZE, length of a curve segment
+CLUTTER_ARCS = (0, 3)  # open elliptic arcs, [low, high)
+ARC_HALF_AXES = (5.0, 40.0)  # px at REFERENCE_SIZE, half-axes of an arc's ellipse
+ARC_EXTENT = (40.0, 200.0)  # deg, angle an arc spans
+CLUTTER_BLOBS = (0, 6)  # lumpy filled blobs, [low, high)
+# Many evenly spread vertices with neighbour-smoothed random radii give a lumpy, concave blob;
+# few or unevenly spread vertices would give polygons that pass for triangles.
+BLOB_VERTICES = (12, 19)  # vertices of a blob, [low, high)
+BLOB_ANGLE_JITTER = 0.3  # largest shift of a vertex angle, as a share of the vertex spacing
+BLOB_LUMPS = (0.25, 1.0)  # vertex radius / blob radius, before smoothing
+BLOB_SELF_WEIGHT = 3.0  # weight of a vertex's own radius in the smoothing (neighbours: 1 each)
+BLOB_MIN_RADIUS = 3.0  # px, smallest blob radius (the largest is at least 1 px more)
 
 
 def _bgr(color: np.ndarray) -> Tuple[float, float, float]:
@@ -204,56 +317,118 @@ def _bgr(color: np.ndarray) -> Tuple[float, float, float]:
     return tuple(float(c) for c in color)  # type: ignore[return-value]
 
 
+def _random_bgr(rng: np.random.Generator) -> Tuple[float, float, float]:
+    """A clutter colour: each BGR channel uniform in [0, 255)."""
+    return _bgr(rng.uniform(0, PIXEL_MAX, 3))
+
+
+def _stroke_width(rng: np.random.Generator, scale: float) -> int:
+    """Clutter stroke width in px (>= 1) for an image ``scale`` times REFERENCE_SIZE."""
+    return max(1, int(round(rng.uniform(*CLUTTER_THICKNESS) * scale)))
+
+
+def _draw_lines(rng: np.random.Generator, image: np.ndarray, count: int, scale: float,
+                thin: bool) -> None:
+    """Draw ``count`` anti-aliased straight lines between random pixels; 1 px wide if ``thin``."""
+    size = image.shape[0]
+    for _ in range(count):
+        p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
+        color = _random_bgr(rng)
+        width = 1 if thin else _stroke_width(rng, scale)
+        cv2.line(image, (int(p1[0]), int(p1[1])), (int(p2[0]), int(p2[1])), color, width,
+                 cv2.LINE_AA)
+
+
+def _draw_curves(rng: np.random.Generator, image: np.ndarray, scale: float) -> None:
+    """Draw random-walk polylines (a random heading that turns a little at every segment)."""
+    size = image.shape[0]
+    for _ in range(int(rng.integers(*CLUTTER_CURVES))):
+        steps = int(rng.integers(*CURVE_STEPS))
+        heading = rng.uniform(0.0, 2.0 * np.pi) + np.cumsum(rng.normal(0.0, CURVE_TURN_STD, steps))
+        step = rng.uniform(*CURVE_STEP_LENGTH) * scale
+        points = rng.uniform(0, size, 2) + np.cumsum(
+            np.stack([np.cos(heading), np.sin(heading)], axis=1) * step, axis=0)
+        color = _random_bgr(rng)
+        cv2.polylines(image, [points.astype(np.int32)], False, color, _stroke_width(rng, scale),
+                      cv2.LINE_AA)
+
+
+def _draw_arcs(rng: np.random.Generator, image: np.ndarray, scale: float) -> None:
+    """Draw open arcs of randomly rotated ellipses."""
+    size = image.shape[0]
+    for _ in range(int(rng.integers(*CLUTTER_ARCS))):
+        center = rng.integers(0, size, 2)
+        axes = rng.uniform(*ARC_HALF_AXES, 2) * scale
+        start = rng.uniform(0.0, 360.0)  # deg, any start angle
+        rotation = rng.uniform(0.0, 180.0)  # deg, any orientation of the ellipse
+        end = start + rng.uniform(*ARC_EXTENT)
+        color = _random_bgr(rng)
+        # + 1: cv2.ellipse draws nothing for a zero half-axis
+        cv2.ellipse(image, (int(center[0]), int(center[1])), (int(axes[0]) + 1, int(axes[1]) + 1),
+                    rotation, start, end, color, _stroke_width(rng, scale), cv2.LINE_AA)
+
+
+def _draw_blobs(rng: np.random.Generator, image: np.ndarray, max_blob: float) -> None:
+    """Draw lumpy filled polygons of radius up to ``max_blob`` px."""
+    size = image.shape[0]
+    for _ in range(int(rng.integers(*CLUTTER_BLOBS))):
+        vertices = int(rng.integers(*BLOB_VERTICES))
+        step = 2.0 * np.pi / vertices
+        angles = (np.arange(vertices) * step
+                  + rng.uniform(-BLOB_ANGLE_JITTER, BLOB_ANGLE_JITTER, vertices) * step)
+        lumps = rng.uniform(*BLOB_LUMPS, vertices)
+        lumps = ((np.roll(lumps, 1) + BLOB_SELF_WEIGHT * lumps + np.roll(lumps, -1))
+                 / (BLOB_SELF_WEIGHT + 2.0))
+        radii = rng.uniform(BLOB_MIN_RADIUS, max(BLOB_MIN_RADIUS + 1.0, max_blob)) * lumps
+        points = rng.uniform(0, size, 2) + np.stack(
+            [radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+        cv2.fillPoly(image, [np.round(points * (1 << _FILL_SHIFT)).astype(np.int32)],
+                     _random_bgr(rng), cv2.LINE_AA, _FILL_SHIFT)
+
+
 def draw_clutter(rng: np.random.Generator, image: np.ndarray, max_blob: float,
                  thin_only: bool = False) -> None:
     """Draw unannotated distractors in place onto a (H, W, 3) uint8 image.
 
     Lines, random-walk curves and open arcs always; irregular filled blobs (radius up to
-    ``max_blob`` px) unless ``thin_only``, which is used for clutter drawn over the objects.
+    ``max_blob`` px) unless ``thin_only``, which draws only a few 1 px lines and is used for
+    clutter drawn over the objects.
     """
-    size = image.shape[0]
-    scale = size / 256.0
-
-    def thickness() -> int:
-        return max(1, int(round(rng.uniform(1.0, 3.0) * scale)))
-
-    for _ in range(int(rng.integers(1, 4) if thin_only else rng.integers(3, 13))):
-        p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
-        cv2.line(image, (int(p1[0]), int(p1[1])), (int(p2[0]), int(p2[1])),
-                 _bgr(rng.uniform(0, 255, 3)), 1 if thin_only else thickness(), cv2.LINE_AA)
+    scale = image.shape[0] / REFERENCE_SIZE
     if thin_only:
+        _draw_lines(rng, image, int(rng.integers(*OVERLAY_LINES)), scale, thin=True)
         return
-    for _ in range(int(rng.integers(0, 4))):
-        steps = int(rng.integers(5, 15))
-        heading = rng.uniform(0.0, 2.0 * np.pi) + np.cumsum(rng.normal(0.0, 0.6, steps))
-        step = rng.uniform(4.0, 14.0) * scale
-        points = rng.uniform(0, size, 2) + np.cumsum(
-            np.stack([np.cos(heading), np.sin(heading)], axis=1) * step, axis=0)
-        cv2.polylines(image, [points.astype(np.int32)], False, _bgr(rng.uniform(0, 255, 3)),
-                      thickness(), cv2.LINE_AA)
-    for _ in range(int(rng.integers(0, 3))):
-        center = rng.integers(0, size, 2)
-        axes = rng.uniform(5.0, 40.0, 2) * scale
-        start = rng.uniform(0.0, 360.0)
-        cv2.ellipse(image, (int(center[0]), int(center[1])), (int(axes[0]) + 1, int(axes[1]) + 1),
-                    rng.uniform(0.0, 180.0), start, start + rng.uniform(40.0, 200.0),
-                    _bgr(rng.uniform(0, 255, 3)), thickness(), cv2.LINE_AA)
-    for _ in range(int(rng.integers(0, 6))):
-        # Many evenly spread vertices with neighbour-smoothed random radii give a lumpy, concave
-        # blob; few or unevenly spread vertices would give polygons that pass for triangles.
-        vertices = int(rng.integers(12, 19))
-        step = 2.0 * np.pi / vertices
-        angles = np.arange(vertices) * step + rng.uniform(-0.3, 0.3, vertices) * step
-        lumps = rng.uniform(0.25, 1.0, vertices)
-        lumps = (np.roll(lumps, 1) + 3.0 * lumps + np.roll(lumps, -1)) / 5.0
-        radii = rng.uniform(3.0, max(4.0, max_blob)) * lumps
-        points = rng.uniform(0, size, 2) + np.stack(
-            [radii * np.cos(angles), radii * np.sin(angles)], axis=1)
-        cv2.fillPoly(image, [np.round(points * (1 << _FILL_SHIFT)).astype(np.int32)],
-                     _bgr(rng.uniform(0, 255, 3)), cv2.LINE_AA, _FILL_SHIFT)
+    _draw_lines(rng, image, int(rng.integers(*CLUTTER_LINES)), scale, thin=False)
+    _draw_curves(rng, image, scale)
+    _draw_arcs(rng, image, scale)
+    _draw_blobs(rng, image, max_blob)
+
+
+def draw_cluttered_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Return a (size, size, 3) uint8 BGR background with the clutter that lies under objects."""
+    image = draw_background(rng, size)
+    draw_clutter(rng, image, max_blob=BACKGROUND_BLOB_FRACTION * size)
+    return image
 
 
 # -------------------------------------------------------------------------------------- objects
+AXIS_ALIGNED_RECT_PROB = 0.5  # chance that a rectangle stays axis-aligned (common in real data)
+PLACEMENT_ATTEMPTS = 10  # random positions tried per object before it is given up
+TEXTURE_TRIES = 4  # textures drawn per object, the one that stands out most is used
+ENOUGH_CONTRAST = 60.0  # grey levels (BGR distance of mean colours) at which a texture is taken
+OBJECT_BLUR_SIGMA = (0.8, 2.0)  # px, Gaussian blur of a blurred object
+MIN_DIAMETER = 6.0  # px, smallest default object diameter at any image size
+DIAMETER_AT_REFERENCE = (8.0, 200.0)  # px at REFERENCE_SIZE, default object diameter range
+MAX_DIAMETER_FRACTION = 0.8  # largest default object diameter / image side
+
+
+def mask_box_xyxy(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    """Tight box (x1, y1, x2, y2) of a non-empty (H, W) bool mask, x2 and y2 exclusive."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 @dataclass
 class ShapeInstance:
     """One placed object.
@@ -279,9 +454,7 @@ class ShapeInstance:
     @property
     def bbox_xyxy(self) -> Tuple[int, int, int, int]:
         """Tight box of the mask as (x1, y1, x2, y2) with exclusive x2, y2."""
-        rows = np.flatnonzero(self.mask.any(axis=1))
-        cols = np.flatnonzero(self.mask.any(axis=0))
-        return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        return mask_box_xyxy(self.mask)
 
     @property
     def bbox_xywh(self) -> List[int]:
@@ -290,7 +463,7 @@ class ShapeInstance:
         return [x1, y1, x2 - x1, y2 - y1]
 
 
-def _patch_window(origin: Tuple[int, int], side: int,
+def patch_window(origin: Tuple[int, int], side: int,
                   size: int) -> Tuple[slice, slice, slice, slice]:
     """Return (image rows, image cols, patch rows, patch cols) slices of a patch clipped to the
     image; a slice is empty when the patch lies outside."""
@@ -301,35 +474,51 @@ def _patch_window(origin: Tuple[int, int], side: int,
             slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
 
 
+def default_diameter_range(size: int) -> Tuple[float, float]:
+    """(min, max) object diameter in px for a ``size`` px image: DIAMETER_AT_REFERENCE scaled,
+    at least MIN_DIAMETER, at most MAX_DIAMETER_FRACTION * size (and at least 1 px above min)."""
+    low = max(MIN_DIAMETER, DIAMETER_AT_REFERENCE[0] * size / REFERENCE_SIZE)
+    high = min(DIAMETER_AT_REFERENCE[1] * size / REFERENCE_SIZE, MAX_DIAMETER_FRACTION * size)
+    return low, max(low + 1.0, high)
+
+
+def _rotation_angle(rng: np.random.Generator, class_name: str) -> float:
+    """Rotation in rad of a new shape: 0 for some rectangles, else uniform in [0, 2 pi)."""
+    if class_name == 'rectangle' and rng.random() < AXIS_ALIGNED_RECT_PROB:
+        return 0.0
+    return rng.uniform(0.0, 2.0 * np.pi)
+
+
+def rasterise(polygons: Sequence[Polygon], side: int) -> np.ndarray:
+    """(side, side) uint8 anti-aliased coverage (0-255) of ``polygons`` given in patch pixel
+    coordinates (x, y), filled with the even-odd rule at sub-pixel precision."""
+    local = [np.round(p * (1 << _FILL_SHIFT)).astype(np.int32) for p in polygons]
+    alpha = np.zeros((side, side), np.uint8)
+    cv2.fillPoly(alpha, local, 255, cv2.LINE_AA, _FILL_SHIFT)
+    return alpha
+
+
 def place_shape(rng: np.random.Generator, label: int, class_name: str, size: int,
                 diameter: float, min_in_image_fraction: float,
-                attempts: int = 10) -> Optional[ShapeInstance]:
+                attempts: int = PLACEMENT_ATTEMPTS) -> Optional[ShapeInstance]:
     """Draw one shape of ``class_name`` with a bounding circle of ``diameter`` px at a random
     rotation and position; return it, or None if no position keeps enough of it in the image."""
     radius = diameter / 2.0
     polygons = SHAPE_OUTLINES[class_name](rng, radius)
-    # Half of the rectangles stay axis-aligned: a common real-world case worth keeping.
-    if class_name == 'rectangle' and rng.random() < 0.5:
-        angle = 0.0
-    else:
-        angle = rng.uniform(0.0, 2.0 * np.pi)
+    angle = _rotation_angle(rng, class_name)
     rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
     polygons = [p @ rotation for p in polygons]
-    # A margin of 4 px leaves room for the blur halo of blurred objects.
-    half = int(np.ceil(radius)) + 4
+    half = int(np.ceil(radius)) + PATCH_MARGIN
     side = 2 * half + 1
     for _ in range(attempts):
         center = rng.uniform(0.0, size, 2)
         origin = (int(np.floor(center[0])) - half, int(np.floor(center[1])) - half)
-        local = [np.round((p + center - origin) * (1 << _FILL_SHIFT)).astype(np.int32)
-                 for p in polygons]
-        alpha = np.zeros((side, side), np.uint8)
-        cv2.fillPoly(alpha, local, 255, cv2.LINE_AA, _FILL_SHIFT)
-        full = alpha >= 128
+        alpha = rasterise([p + center - origin for p in polygons], side)
+        full = alpha >= HALF_COVERAGE
         total = int(full.sum())
         if total == 0:
             continue
-        rows, cols, prows, pcols = _patch_window(origin, side, size)
+        rows, cols, prows, pcols = patch_window(origin, side, size)
         inside = full[prows, pcols]
         if inside.sum() < min_in_image_fraction * total:
             continue
@@ -337,6 +526,23 @@ def place_shape(rng: np.random.Generator, label: int, class_name: str, size: int
         mask[rows, cols] = inside
         return ShapeInstance(label, alpha, origin, mask)
     return None
+
+
+def _place_objects(rng: np.random.Generator, size: int, classes: Sequence[str],
+                   objects_range: Tuple[int, int], diameter_range: Tuple[float, float],
+                   min_in_image_fraction: float) -> List[ShapeInstance]:
+    """Place random objects in paint order (at least one; see :func:`render_scene`)."""
+    placed: List[ShapeInstance] = []
+    # Placement can fail only when every attempt leaves the shape mostly outside the image;
+    # looping guarantees each image has at least one object.
+    while not placed:
+        for _ in range(int(rng.integers(objects_range[0], objects_range[1] + 1))):
+            label = int(rng.integers(len(classes)))
+            diameter = log_uniform(rng, *diameter_range)
+            inst = place_shape(rng, label, classes[label], size, diameter, min_in_image_fraction)
+            if inst is not None:
+                placed.append(inst)
+    return placed
 
 
 def keep_visible(instances: Sequence[ShapeInstance],
@@ -360,31 +566,62 @@ def keep_visible(instances: Sequence[ShapeInstance],
     return kept[::-1]
 
 
+def most_contrasting_texture(rng: np.random.Generator, side: int,
+                             contrast: Callable[[np.ndarray], float]) -> np.ndarray:
+    """Return the (side, side, 3) float32 texture of highest ``contrast`` among TEXTURE_TRIES
+    draws of :func:`object_texture`, stopping at the first above ENOUGH_CONTRAST.
+
+    Random colours alone sometimes make an object invisible, which would only add label noise.
+    """
+    best, best_contrast = None, -1.0
+    for _ in range(TEXTURE_TRIES):
+        texture = object_texture(rng, side)
+        value = contrast(texture)
+        if value > best_contrast:
+            best, best_contrast = texture, value
+        if value > ENOUGH_CONTRAST:
+            break
+    return best
+
+
+def round_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Round a float image to the nearest uint8 grey level, clipped to [0, 255]."""
+    return np.clip(image + 0.5, 0, PIXEL_MAX).astype(np.uint8)
+
+
 def paint_shape(rng: np.random.Generator, image: np.ndarray, inst: ShapeInstance,
                 blur_prob: float) -> None:
     """Alpha-blend a textured object into the (size, size, 3) uint8 image, in place."""
     side = inst.alpha.shape[0]
-    rows, cols, prows, pcols = _patch_window(inst.origin, side, image.shape[0])
+    rows, cols, prows, pcols = patch_window(inst.origin, side, image.shape[0])
     below = image[rows, cols].astype(np.float32)
-    mask = inst.alpha[prows, pcols] >= 128
-    # Try a few textures and keep the one that differs most from what lies underneath: random
-    # colours alone sometimes make an object invisible, which would only add label noise.
-    best, best_contrast = None, -1.0
-    for _ in range(4):
-        texture = object_texture(rng, side)
-        contrast = float(np.linalg.norm(texture[prows, pcols][mask].mean(0) - below[mask].mean(0)))
-        if contrast > best_contrast:
-            best, best_contrast = texture, contrast
-        if contrast > 60.0:
-            break
+    mask = inst.alpha[prows, pcols] >= HALF_COVERAGE
+    below_mean = below[mask].mean(0)
+    texture = most_contrasting_texture(
+        rng, side, lambda tex: float(np.linalg.norm(tex[prows, pcols][mask].mean(0) - below_mean)))
     alpha = inst.alpha.astype(np.float32) / 255.0
     if rng.random() < blur_prob:
-        sigma = rng.uniform(0.8, 2.0)
-        best = cv2.GaussianBlur(best, (0, 0), sigma)
+        sigma = rng.uniform(*OBJECT_BLUR_SIGMA)
+        texture = cv2.GaussianBlur(texture, (0, 0), sigma)
         alpha = cv2.GaussianBlur(alpha, (0, 0), sigma)
     alpha = alpha[prows, pcols, None]
-    blended = below * (1.0 - alpha) + best[prows, pcols] * alpha
-    image[rows, cols] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    image[rows, cols] = round_to_uint8(below * (1.0 - alpha) + texture[prows, pcols] * alpha)
+
+
+# ---------------------------------------------------------------------------------------- image
+IMAGE_BLUR_SIGMA = (0.5, 1.3)  # px, Gaussian blur of a blurred image
+IMAGE_NOISE_STD = (1.0, 6.0)  # grey levels, range of the std of the per-pixel image noise
+
+
+def _camera_effects(rng: np.random.Generator, image: np.ndarray,
+                    blur_prob: float) -> np.ndarray:
+    """Blur (with chance ``blur_prob``) and add pixel noise to a (H, W, 3) uint8 image; returns a
+    new uint8 image."""
+    result = image.astype(np.float32)
+    if rng.random() < blur_prob:
+        result = cv2.GaussianBlur(result, (0, 0), rng.uniform(*IMAGE_BLUR_SIGMA))
+    result += rng.normal(0.0, rng.uniform(*IMAGE_NOISE_STD), result.shape).astype(np.float32)
+    return round_to_uint8(result)
 
 
 def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str],
@@ -402,7 +639,8 @@ def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str],
         objects_range: inclusive (min, max) number of objects placed before the visibility
             filter.
         diameter_range: (min, max) bounding-circle diameter in px; default 8-200 px at 256 px,
-            scaled with ``size`` (at least 6 px, at most 0.8 * size).
+            scaled with ``size`` (at least 6 px, at most 0.8 * size), see
+            :func:`default_diameter_range`.
         min_visible_fraction: objects hidden more than this by later ones are not painted.
         min_in_image_fraction: share of each shape that must lie inside the image.
         object_blur_prob, image_blur_prob: chance of a Gaussian blur per object / per image.
@@ -411,35 +649,45 @@ def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str],
         (size, size, 3) uint8 BGR image and the annotated objects in paint order (at least one).
     """
     if diameter_range is None:
-        low = max(6.0, 8.0 * size / 256.0)
-        diameter_range = (low, max(low + 1.0, min(200.0 * size / 256.0, 0.8 * size)))
-    image = draw_background(rng, size)
-    draw_clutter(rng, image, max_blob=0.12 * size)
-    log_low, log_high = np.log(diameter_range[0]), np.log(diameter_range[1])
-    placed: List[ShapeInstance] = []
-    # Placement can fail only when every attempt leaves the shape mostly outside the image;
-    # looping guarantees each image has at least one object.
-    while not placed:
-        for _ in range(int(rng.integers(objects_range[0], objects_range[1] + 1))):
-            label = int(rng.integers(len(classes)))
-            # Log-uniform sizes: as many small as large objects per octave, as in real data.
-            diameter = float(np.exp(rng.uniform(log_low, log_high)))
-            inst = place_shape(rng, label, classes[label], size, diameter, min_in_image_fraction)
-            if inst is not None:
-                placed.append(inst)
+        diameter_range = default_diameter_range(size)
+    image = draw_cluttered_background(rng, size)
+    placed = _place_objects(rng, size, classes, objects_range, diameter_range,
+                            min_in_image_fraction)
     instances = keep_visible(placed, min_visible_fraction)
     for inst in instances:
         paint_shape(rng, image, inst, object_blur_prob)
-    if rng.random() < 0.3:
+    if rng.random() < OVERLAY_PROB:
         draw_clutter(rng, image, max_blob=0.0, thin_only=True)
-    result = image.astype(np.float32)
-    if rng.random() < image_blur_prob:
-        result = cv2.GaussianBlur(result, (0, 0), rng.uniform(0.5, 1.3))
-    result += rng.normal(0.0, rng.uniform(1.0, 6.0), result.shape).astype(np.float32)
-    return np.clip(result + 0.5, 0, 255).astype(np.uint8), instances
+    return _camera_effects(rng, image, image_blur_prob), instances
 
 
 # ----------------------------------------------------------------------------------------- COCO
+def split_seed_key(split: str) -> int:
+    """Stable integer of a split name for seeding; crc32 rather than hash(), which Python salts
+    per process."""
+    return zlib.crc32(split.encode('utf-8'))
+
+
+def _coco_annotations(instances: Sequence[ShapeInstance], image_id: int,
+                      first_id: int) -> List[dict]:
+    """COCO annotation dicts of one image's objects, with ids from ``first_id`` on."""
+    return [dict(id=first_id + k, image_id=image_id, category_id=inst.label + 1,
+                 bbox=inst.bbox_xywh, area=inst.area, iscrowd=0,
+                 visible_fraction=round(inst.visible_fraction, 4))
+            for k, inst in enumerate(instances)]
+
+
+def _coco_dataset(images: List[dict], annotations: List[dict], classes: Sequence[str],
+                  split: str, seed: int, size: int) -> dict:
+    """The COCO json content of one split (category ids 1..len(classes))."""
+    return dict(
+        info=dict(description=f'ebm_det synthetic shapes, split={split}, seed={seed}, '
+                              f'size={size}'),
+        images=images, annotations=annotations,
+        categories=[dict(id=i + 1, name=name, supercategory='shape')
+                    for i, name in enumerate(classes)])
+
+
 def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int = 256, seed: int = 0,
              classes: Sequence[str] = SHAPE_CLASSES, log_every: int = 100) -> str:
     """Write ``num_images`` images and their COCO annotations for one split.
@@ -449,7 +697,7 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
             ``<out_dir>/annotations/instances_<split>.json``.
         num_images: number of images.
         split: split name, e.g. 'train' or 'val'; it also enters the seed, so splits differ.
-        size: image side in px (square images).
+        size: image side in px (square images, at least 16).
         seed: non-negative base seed.
         classes: shape names out of :data:`SHAPE_CLASSES`; category ids are 1..len(classes) in
             this order.
@@ -458,17 +706,14 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
     Returns:
         Path of the written annotation json.
     """
-    unknown = [c for c in classes if c not in SHAPE_OUTLINES]
-    if unknown or not classes:
-        raise ValueError(f'classes must be a non-empty subset of {SHAPE_CLASSES}, got {classes}')
-    if seed < 0 or num_images < 0 or size < 16:
-        raise ValueError('need seed >= 0, num_images >= 0 and size >= 16')
+    check_classes(classes)
+    if seed < 0 or num_images < 0 or size < MIN_IMAGE_SIZE:
+        raise ValueError(f'need seed >= 0, num_images >= 0 and size >= {MIN_IMAGE_SIZE}')
     root = Path(out_dir)
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     (root / 'annotations').mkdir(parents=True, exist_ok=True)
-    # crc32 rather than hash(): Python salts str hashes per process.
-    split_key = zlib.crc32(split.encode('utf-8'))
+    split_key = split_seed_key(split)
     images, annotations = [], []
     start = time.perf_counter()
     for index in range(num_images):
@@ -479,23 +724,13 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
         if not cv2.imwrite(str(image_dir / file_name), image):
             raise OSError(f'could not write {image_dir / file_name}')
         images.append(dict(id=image_id, file_name=file_name, width=size, height=size))
-        for inst in instances:
-            annotations.append(dict(
-                id=len(annotations) + 1, image_id=image_id, category_id=inst.label + 1,
-                bbox=inst.bbox_xywh, area=inst.area, iscrowd=0,
-                visible_fraction=round(inst.visible_fraction, 4)))
+        annotations += _coco_annotations(instances, image_id, len(annotations) + 1)
         if log_every and (index + 1) % log_every == 0:
             print(f'[{split}] {index + 1}/{num_images} images, {len(annotations)} objects, '
                   f'{time.perf_counter() - start:.1f} s', flush=True)
-    coco = dict(
-        info=dict(description=f'ebm_det synthetic shapes, split={split}, seed={seed}, '
-                              f'size={size}'),
-        images=images, annotations=annotations,
-        categories=[dict(id=i + 1, name=name, supercategory='shape')
-                    for i, name in enumerate(classes)])
     json_path = root / 'annotations' / f'instances_{split}.json'
     with open(json_path, 'w') as f:
-        json.dump(coco, f)
+        json.dump(_coco_dataset(images, annotations, classes, split, seed, size), f)
     return str(json_path)
 
 

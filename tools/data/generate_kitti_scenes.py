@@ -38,7 +38,7 @@ needs ``data_prefix=dict(pts='training/velodyne', img='training/image_2')``.
 The image is a real (flat) PNG because the converter reads each image to get
 its shape.
 
-Usage::Usage::
+Usage::
 
     python tools/data/generate_kitti_scenes.py --out data/kitti_gen \
         --num-train 200 --num-val 50 --seed 0
@@ -58,7 +58,9 @@ from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
-IMG_H, IMG_W = 375, 1242
+# Ranges below are (low, high): uniform draws for floats, numpy's half-open
+# [low, high) for counts. Lengths are in metres, angles in radians unless said.
+IMG_H, IMG_W = 375, 1242  # px, size of KITTI's CAM2 image
 SENSOR_HEIGHT = 1.73  # m, Velodyne above the road on the KITTI car
 GROUND_Z = -SENSOR_HEIGHT  # ground plane height in the LiDAR frame
 MIN_OBJECT_POINTS = 5  # labelled objects need at least this many returns
@@ -66,6 +68,51 @@ MAX_RANGE = 80.0  # m, returns beyond this are lost
 RANGE_NOISE = 0.02  # m, std of the range noise
 DROPOUT = 0.07  # probability that a return is lost
 LABEL_MARGIN = 0.05  # m between the reflecting surface and the label box
+# m, [x0, y0, z0, x1, y1, z1] that labelled objects are kept inside
+DEFAULT_POINT_CLOUD_RANGE = (0, -20, -3, 40, 20, 1)
+
+# Scanner: a front-facing spinning LiDAR.
+NUM_BEAMS = 40  # elevation channels
+NUM_AZIMUTHS = 720  # columns over the front half-turn [-90, 90) deg
+BEAM_ELEVATION_DEG = (2.0, -24.8)  # deg, top and bottom beam (the HDL-64 span)
+
+# Labelled objects.
+OBJECTS_PER_FRAME = (6, 16)  # objects asked for per frame, [low, high)
+CANDIDATES_PER_OBJECT = 6  # most candidates fail the camera-view test
+OBJECT_X_RANGE = (3.0, 40.0)  # m, forward distance of candidate centres
+OBJECT_MAX_ABS_Y = 18.0  # m, lateral bound of candidate centres
+RANGE_INSET = 0.5  # m, candidate centres stay this far inside the range
+MIN_CAMERA_DEPTH = 0.5  # m, every box corner lies this far before the camera
+OBJECT_GAP = 0.3  # m, smallest gap between two labelled footprints
+
+# Unlabelled clutter: thin poles anywhere in front, walls outside the
+# labelled corridor.
+POLES = (2, 7)  # poles per frame, [low, high)
+POLE_MIN_SIDE = 0.15  # m, thinnest pole
+POLE_SIDE_SPREAD = 0.15  # m, pole side = POLE_MIN_SIDE + this * U[0, 1)
+POLE_X = (4.0, 45.0)  # m, forward position of a pole
+POLE_Y = (-22.0, 22.0)  # m, lateral position of a pole
+POLE_HEIGHT = (3.0, 7.0)  # m
+WALLS = (1, 4)  # wall segments per frame, [low, high)
+WALL_LENGTH = (5.0, 20.0)  # m
+WALL_HEIGHT = (2.0, 4.0)  # m
+WALL_THICKNESS = 0.3  # m
+WALL_YAW_STD = 0.05  # rad, std of a wall's deviation from its axis
+SIDE_WALL_PROB = 0.7  # chance that a wall runs along x (else across the road)
+SIDE_WALL_ABS_Y = (19.5, 25.0)  # m, lateral distance of a side wall
+SIDE_WALL_NEAR_GAP = 2.0  # m, least x of a side wall's near end
+SIDE_WALL_MAX_X = 50.0  # m, largest x of a side wall's centre
+FAR_WALL_X = (45.0, 60.0)  # m, forward position of a wall across the road
+FAR_WALL_Y = (-15.0, 15.0)  # m, lateral position of a wall across the road
+CLUTTER_GAP = 0.5  # m, smallest gap of clutter to objects and other clutter
+
+# Intensity of a return (reflectance in [0, 1]).
+OBJECT_REFLECTANCE = (0.1, 0.9)  # one paint value per labelled object
+CLUTTER_REFLECTANCE = (0.3, 0.6)  # brighter clutter
+GROUND_REFLECTANCE = 0.15  # dull asphalt
+INTENSITY_NOISE = 0.03  # std of the per-return intensity noise
+
+PLACEHOLDER_GREY = 96  # grey level (0-255) of the flat image_2 placeholder
 
 # Calibration of KITTI object frame 000000 (training split); P0-P3 are 3x4,
 # R0_rect 3x3, Tr_* 3x4. Frames here share one calibration like a KITTI drive.
@@ -223,6 +270,47 @@ def _overlap_free(boxes: np.ndarray, margin: float, fixed: int = 0) -> np.ndarra
     return keep
 
 
+# ----------------------------------------------------------------------------
+# Scene content
+# ----------------------------------------------------------------------------
+def _draw_candidates(rng: np.random.Generator, num: int,
+                     x_range: Tuple[float, float],
+                     y_lim: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Draw ``num`` random boxes standing on the ground.
+
+    Class by CLASS_SPECS weight, sizes uniform in the class ranges, centre
+    x in ``x_range``, |y| < ``y_lim``, yaw uniform in [-pi, pi).
+
+    Returns:
+        (num, 7) LiDAR boxes and (num,) class indices into CLASS_SPECS.
+    """
+    names_all = list(CLASS_SPECS)
+    probs = np.array([CLASS_SPECS[n][0] for n in names_all])
+    cls = rng.choice(len(names_all), size=num, p=probs / probs.sum())
+    ranges = np.array([CLASS_SPECS[names_all[c]][1:] for c in cls])  # (n,3,2)
+    dims = rng.uniform(ranges[..., 0], ranges[..., 1])  # l, w, h
+    xy = np.stack([rng.uniform(x_range[0], x_range[1], num),
+                   rng.uniform(-y_lim, y_lim, num)], axis=1)
+    yaw = rng.uniform(-np.pi, np.pi, num)
+    boxes = np.concatenate(
+        [xy, np.full((num, 1), GROUND_Z), dims, yaw[:, None]], axis=1)
+    return boxes, cls
+
+
+def _in_camera_view(boxes: np.ndarray, pcr: Sequence[float],
+                    y_lim: float) -> np.ndarray:
+    """(M,) bool: the box's footprint lies in the BEV window (x in the range,
+    |y| <= ``y_lim`` + RANGE_INSET) and its 8 corners project inside the
+    CAM2 image, at least MIN_CAMERA_DEPTH in front of the camera."""
+    corners = _lidar_boxes(boxes).corners.numpy()[:, :, :2]  # (n, 8, 2)
+    in_range = ((corners[..., 0] >= pcr[0]) & (corners[..., 0] <= pcr[3])
+                & (np.abs(corners[..., 1]) <= y_lim + RANGE_INSET)).all(axis=1)
+    bbox, depth = project_boxes_2d(boxes_lidar_to_camera(boxes))
+    in_image = ((depth > MIN_CAMERA_DEPTH) & (bbox[:, 0] >= 0)
+                & (bbox[:, 1] >= 0) & (bbox[:, 2] < IMG_W) & (bbox[:, 3] < IMG_H))
+    return in_range & in_image
+
+
 def _sample_objects(rng: np.random.Generator, num: int,
                     pcr: Sequence[float]) -> Tuple[np.ndarray, List[str]]:
     """Draw up to ``num`` non-overlapping labelled objects in camera view.
@@ -235,32 +323,54 @@ def _sample_objects(rng: np.random.Generator, num: int,
     Returns:
         (M, 7) LiDAR boxes (M <= num) and their M class names.
     """
-    names_all = list(CLASS_SPECS)
-    probs = np.array([CLASS_SPECS[n][0] for n in names_all])
-    n_cand = 6 * num  # most candidates fail the camera-view test
-    cls = rng.choice(len(names_all), size=n_cand, p=probs / probs.sum())
-    ranges = np.array([CLASS_SPECS[names_all[c]][1:] for c in cls])  # (n,3,2)
-    dims = rng.uniform(ranges[..., 0], ranges[..., 1])  # l, w, h
-    x_lo, x_hi = max(3.0, pcr[0] + 0.5), min(40.0, pcr[3] - 0.5)
-    y_lim = min(18.0, -pcr[1] - 0.5, pcr[4] - 0.5)
-    xy = np.stack([rng.uniform(x_lo, x_hi, n_cand),
-                   rng.uniform(-y_lim, y_lim, n_cand)], axis=1)
-    yaw = rng.uniform(-np.pi, np.pi, n_cand)
-    boxes = np.concatenate(
-        [xy, np.full((n_cand, 1), GROUND_Z), dims, yaw[:, None]], axis=1)
-
-    # Footprint inside the BEV window (the centre test above is not enough).
-    corners = _lidar_boxes(boxes).corners.numpy()[:, :, :2]  # (n, 8, 2)
-    in_range = ((corners[..., 0] >= pcr[0]) & (corners[..., 0] <= pcr[3])
-                & (np.abs(corners[..., 1]) <= y_lim + 0.5)).all(axis=1)
-    bbox, depth = project_boxes_2d(boxes_lidar_to_camera(boxes))
-    in_image = ((depth > 0.5) & (bbox[:, 0] >= 0) & (bbox[:, 1] >= 0)
-                & (bbox[:, 2] < IMG_W) & (bbox[:, 3] < IMG_H))
-    ok = np.flatnonzero(in_range & in_image)
+    x_range = (max(OBJECT_X_RANGE[0], pcr[0] + RANGE_INSET),
+               min(OBJECT_X_RANGE[1], pcr[3] - RANGE_INSET))
+    y_lim = min(OBJECT_MAX_ABS_Y, -pcr[1] - RANGE_INSET, pcr[4] - RANGE_INSET)
+    boxes, cls = _draw_candidates(rng, CANDIDATES_PER_OBJECT * num, x_range,
+                                  y_lim)
+    ok = np.flatnonzero(_in_camera_view(boxes, pcr, y_lim))
     boxes = boxes[ok]
-    keep = _overlap_free(boxes, margin=0.3)
+    keep = _overlap_free(boxes, margin=OBJECT_GAP)
     sel = ok[keep][:num]
+    names_all = list(CLASS_SPECS)
     return boxes[keep][:num], [names_all[c] for c in cls[sel]]
+
+
+def _sample_labelled_objects(rng: np.random.Generator, pcr: Sequence[float]
+                             ) -> Tuple[np.ndarray, List[str]]:
+    """(M, 7) LiDAR boxes and M names of a frame's objects, M >= 1.
+
+    At least one labelled object per frame: KittiDataset drops empty frames
+    in training and kitti_eval indexes each GT frame's first alpha.
+    """
+    objects: np.ndarray = np.zeros((0, 7))
+    while len(objects) == 0:
+        objects, names = _sample_objects(
+            rng, int(rng.integers(*OBJECTS_PER_FRAME)), pcr)
+    return objects, names
+
+
+def _sample_poles(rng: np.random.Generator) -> np.ndarray:
+    """(P, 7) LiDAR boxes of thin square poles anywhere in front."""
+    n_poles = int(rng.integers(*POLES))
+    side = POLE_MIN_SIDE + POLE_SIDE_SPREAD * rng.random(n_poles)
+    return np.stack([rng.uniform(*POLE_X, n_poles), rng.uniform(*POLE_Y, n_poles),
+                     np.full(n_poles, GROUND_Z), side, side,
+                     rng.uniform(*POLE_HEIGHT, n_poles),
+                     rng.uniform(-np.pi, np.pi, n_poles)], axis=1)
+
+
+def _sample_wall(rng: np.random.Generator) -> List[float]:
+    """One wall segment as a LiDAR box ``[x, y, z, l, w, h, yaw]``."""
+    length, height = rng.uniform(*WALL_LENGTH), rng.uniform(*WALL_HEIGHT)
+    if rng.random() < SIDE_WALL_PROB:  # along the road, left or right
+        y = rng.choice([-1, 1]) * rng.uniform(*SIDE_WALL_ABS_Y)
+        x = rng.uniform(length / 2 + SIDE_WALL_NEAR_GAP, SIDE_WALL_MAX_X)
+        yaw = rng.normal(0, WALL_YAW_STD)
+    else:  # across the far end
+        x, y = rng.uniform(*FAR_WALL_X), rng.uniform(*FAR_WALL_Y)
+        yaw = np.pi / 2 + rng.normal(0, WALL_YAW_STD)
+    return [x, y, GROUND_Z, length, WALL_THICKNESS, height, yaw]
 
 
 def _sample_clutter(rng: np.random.Generator, objects: np.ndarray) -> np.ndarray:
@@ -273,29 +383,30 @@ def _sample_clutter(rng: np.random.Generator, objects: np.ndarray) -> np.ndarray
     Returns:
         (C, 7) LiDAR boxes that do not overlap ``objects`` or each other.
     """
-    n_poles = int(rng.integers(2, 7))
-    side = (0.15 + 0.15 * rng.random(n_poles))
-    poles = np.stack([rng.uniform(4, 45, n_poles), rng.uniform(-22, 22, n_poles),
-                      np.full(n_poles, GROUND_Z), side, side,
-                      rng.uniform(3, 7, n_poles), rng.uniform(-np.pi, np.pi, n_poles)],
-                     axis=1)
-    walls = []
-    for _ in range(int(rng.integers(1, 4))):
-        length, height = rng.uniform(5, 20), rng.uniform(2, 4)
-        if rng.random() < 0.7:  # side wall
-            y = rng.choice([-1, 1]) * rng.uniform(19.5, 25)
-            x = rng.uniform(length / 2 + 2, 50)
-            yaw = rng.normal(0, 0.05)
-        else:  # wall across the far end
-            x, y = rng.uniform(45, 60), rng.uniform(-15, 15)
-            yaw = np.pi / 2 + rng.normal(0, 0.05)
-        walls.append([x, y, GROUND_Z, length, 0.3, height, yaw])
+    poles = _sample_poles(rng)
+    walls = [_sample_wall(rng) for _ in range(int(rng.integers(*WALLS)))]
     clutter = np.concatenate([poles, np.asarray(walls)], axis=0)
-    keep = _overlap_free(np.concatenate([objects, clutter]), margin=0.5,
+    keep = _overlap_free(np.concatenate([objects, clutter]), margin=CLUTTER_GAP,
                          fixed=len(objects))
     return clutter[keep[len(objects):]]
 
 
+def _reflecting_bodies(objects: np.ndarray) -> np.ndarray:
+    """(M, 7) surfaces that reflect the beams: the label boxes shrunk by
+    LABEL_MARGIN on every side but the bottom, which stays on the ground.
+
+    Like a hand-drawn box around a point cluster, so that range noise does
+    not push half of an object's returns outside its box (mmdet3d counts
+    num_lidar_pts and crops GT-sampling points by box).
+    """
+    bodies = objects.copy()
+    bodies[:, 3:6] -= [2 * LABEL_MARGIN, 2 * LABEL_MARGIN, LABEL_MARGIN]
+    return bodies
+
+
+# ----------------------------------------------------------------------------
+# Ray casting
+# ----------------------------------------------------------------------------
 def _beam_directions(num_beams: int, num_azimuths: int) -> Tuple[np.ndarray, np.ndarray]:
     """Unit ray directions of the simulated scanner.
 
@@ -303,7 +414,7 @@ def _beam_directions(num_beams: int, num_azimuths: int) -> Tuple[np.ndarray, np.
         (num_beams, num_azimuths, 3) directions and the (num_azimuths,)
         ascending azimuths in radians, covering [-pi/2, pi/2).
     """
-    elev = np.deg2rad(np.linspace(2.0, -24.8, num_beams))
+    elev = np.deg2rad(np.linspace(*BEAM_ELEVATION_DEG, num_beams))
     azim = -np.pi / 2 + np.pi * np.arange(num_azimuths) / num_azimuths
     ce = np.cos(elev)[:, None]
     dirs = np.stack([ce * np.cos(azim)[None], ce * np.sin(azim)[None],
@@ -312,12 +423,58 @@ def _beam_directions(num_beams: int, num_azimuths: int) -> Tuple[np.ndarray, np.
     return dirs, azim
 
 
+def _ground_hits(dirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(B, A) distance in metres to the ground plane (inf for rays that do
+    not point down) and (B, A) hit index (-1 ground, -2 nothing)."""
+    with np.errstate(divide='ignore'):
+        t = np.where(dirs[..., 2] < 0, GROUND_Z / dirs[..., 2], np.inf)
+    return t, np.where(np.isfinite(t), -1, -2)
+
+
+def _azimuth_spans(boxes: np.ndarray,
+                   azim: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(M,) first and (M,) exclusive last azimuth column that each box's
+    footprint spans (boxes lie in front, x > 0)."""
+    corners = _lidar_boxes(boxes).corners.numpy()[:, :, :2]
+    az_c = np.arctan2(corners[..., 1], corners[..., 0])
+    return (np.searchsorted(azim, az_c.min(axis=1), side='left'),
+            np.searchsorted(azim, az_c.max(axis=1), side='right'))
+
+
+def _slab_entry(dirs: np.ndarray,
+                box: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Slab test of rays from the origin against one solid box.
+
+    Args:
+        dirs: (B, a, 3) unit ray directions.
+        box: (7,) LiDAR box (bottom-centre origin).
+
+    Returns:
+        (B, a) entry distance in metres and (B, a) bool: the ray enters the
+        box in front of the sensor.
+    """
+    x, y, z, l, w, h, yaw = box
+    c, s = np.cos(yaw), np.sin(yaw)
+    # Ray origin (0,0,0) and direction in the box frame (centre at 0).
+    o = np.array([-(c * x + s * y), -(-s * x + c * y), -(z + h / 2)])
+    dl = np.stack([c * dirs[..., 0] + s * dirs[..., 1],
+                   -s * dirs[..., 0] + c * dirs[..., 1], dirs[..., 2]], axis=-1)
+    # a ray parallel to a slab would divide by zero
+    dl = np.where(np.abs(dl) < 1e-12, 1e-12, dl)
+    half = np.array([l, w, h]) / 2
+    t1 = (-half - o) / dl
+    t2 = (half - o) / dl
+    t_near = np.minimum(t1, t2).max(axis=-1)
+    t_far = np.maximum(t1, t2).min(axis=-1)
+    return t_near, (t_far >= t_near) & (t_near > 0)
+
+
 def _cast(dirs: np.ndarray, azim: np.ndarray,
           boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Ray-cast from the origin against the ground plane and solid boxes.
 
     Slab test in each box's local frame; to keep it cheap each box only
-    tests the azimuth columns its footprint spans (boxes lie in front, x>0).
+    tests the azimuth columns its footprint spans.
 
     Args:
         dirs: (B, A, 3) unit ray directions.
@@ -328,41 +485,67 @@ def _cast(dirs: np.ndarray, azim: np.ndarray,
         (B, A) hit distance in metres (inf for no hit) and (B, A) int index
         of the hit box (-1 ground, -2 nothing).
     """
-    with np.errstate(divide='ignore'):
-        t = np.where(dirs[..., 2] < 0, GROUND_Z / dirs[..., 2], np.inf)
-    hit = np.where(np.isfinite(t), -1, -2)
+    t, hit = _ground_hits(dirs)
     if len(boxes) == 0:
         return t, hit
-    corners = _lidar_boxes(boxes).corners.numpy()[:, :, :2]
-    az_c = np.arctan2(corners[..., 1], corners[..., 0])
-    a0 = np.searchsorted(azim, az_c.min(axis=1), side='left')
-    a1 = np.searchsorted(azim, az_c.max(axis=1), side='right')
-    for m, (x, y, z, l, w, h, yaw) in enumerate(boxes):
+    a0, a1 = _azimuth_spans(boxes, azim)
+    for m, box in enumerate(boxes):
         if a1[m] <= a0[m]:
             continue
-        d = dirs[:, a0[m]:a1[m]]
-        c, s = np.cos(yaw), np.sin(yaw)
-        # Ray origin (0,0,0) and direction in the box frame (centre at 0).
-        o = np.array([-(c * x + s * y), -(-s * x + c * y), -(z + h / 2)])
-        dl = np.stack([c * d[..., 0] + s * d[..., 1],
-                       -s * d[..., 0] + c * d[..., 1], d[..., 2]], axis=-1)
-        dl = np.where(np.abs(dl) < 1e-12, 1e-12, dl)
-        half = np.array([l, w, h]) / 2
-        t1 = (-half - o) / dl
-        t2 = (half - o) / dl
-        t_near = np.minimum(t1, t2).max(axis=-1)
-        t_far = np.maximum(t1, t2).min(axis=-1)
-        ok = (t_far >= t_near) & (t_near > 0)
-        view_t = t[:, a0[m]:a1[m]]
+        cols = slice(a0[m], a1[m])
+        t_near, ok = _slab_entry(dirs[:, cols], box)
+        view_t = t[:, cols]
         closer = ok & (t_near < view_t)
         view_t[closer] = t_near[closer]
-        hit[:, a0[m]:a1[m]][closer] = m
+        hit[:, cols][closer] = m
     return t, hit
 
 
+def _intensity(rng: np.random.Generator, hit: np.ndarray, num_objects: int,
+               num_solids: int) -> np.ndarray:
+    """(P,) intensity in [0, 1] of returns hitting ``hit`` (box index, -1
+    ground): a reflectance per solid (objects first, then clutter) plus
+    noise."""
+    refl = np.concatenate([rng.uniform(*OBJECT_REFLECTANCE, num_objects),
+                           rng.uniform(*CLUTTER_REFLECTANCE,
+                                       num_solids - num_objects)])
+    base = np.where(hit >= 0, refl[np.maximum(hit, 0)], GROUND_REFLECTANCE)
+    return np.clip(base + rng.normal(0, INTENSITY_NOISE, len(base)), 0, 1)
+
+
+def _returns(rng: np.random.Generator, dirs: np.ndarray, t: np.ndarray,
+             hit: np.ndarray, num_objects: int,
+             num_solids: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Turn ray hits into LiDAR returns: drop those beyond MAX_RANGE and a
+    DROPOUT share at random, add range noise and an intensity.
+
+    Returns:
+        (P, 4) float32 ``[x, y, z, intensity]`` points and (P,) hit index
+        of each (box index, -1 ground).
+    """
+    valid = np.isfinite(t) & (t <= MAX_RANGE)
+    valid &= rng.random(t.shape) >= DROPOUT
+    r = t[valid] + rng.normal(0.0, RANGE_NOISE, int(valid.sum()))
+    hit = hit[valid]
+    xyz = dirs[valid] * r[:, None]
+    intensity = _intensity(rng, hit, num_objects, num_solids)
+    points = np.concatenate([xyz, intensity[:, None]], axis=1).astype(np.float32)
+    return points, hit
+
+
+def _seen_objects(counts: np.ndarray) -> np.ndarray:
+    """(M,) bool: objects with at least MIN_OBJECT_POINTS returns; the
+    best-seen one when every object is hidden."""
+    seen = counts >= MIN_OBJECT_POINTS
+    if not seen.any():
+        seen[np.argmax(counts)] = True
+    return seen
+
+
 def make_scene(seed: int, frame_id: int,
-               point_cloud_range: Sequence[float] = (0, -20, -3, 40, 20, 1),
-               num_beams: int = 40, num_azimuths: int = 720) -> Scene:
+               point_cloud_range: Sequence[float] = DEFAULT_POINT_CLOUD_RANGE,
+               num_beams: int = NUM_BEAMS,
+               num_azimuths: int = NUM_AZIMUTHS) -> Scene:
     """Build one frame deterministically from ``(seed, frame_id)``.
 
     Args:
@@ -377,39 +560,15 @@ def make_scene(seed: int, frame_id: int,
         The :class:`Scene`.
     """
     rng = np.random.default_rng([seed, frame_id])
-    objects: np.ndarray = np.zeros((0, 7))
-    # At least one labelled object per frame: KittiDataset drops empty
-    # frames in training and kitti_eval indexes each GT frame's first alpha.
-    while len(objects) == 0:
-        objects, names = _sample_objects(rng, int(rng.integers(6, 16)),
-                                         point_cloud_range)
+    objects, names = _sample_labelled_objects(rng, point_cloud_range)
     clutter = _sample_clutter(rng, objects)
     dirs, azim = _beam_directions(num_beams, num_azimuths)
-    # The reflecting surface sits LABEL_MARGIN inside the label box (bottom
-    # kept on the ground), like a hand-drawn box around a point cluster, so
-    # that range noise does not push half of an object's returns outside its
-    # box (mmdet3d counts num_lidar_pts and crops GT-sampling points by box).
-    bodies = objects.copy()
-    bodies[:, 3:6] -= [2 * LABEL_MARGIN, 2 * LABEL_MARGIN, LABEL_MARGIN]
+    bodies = _reflecting_bodies(objects)
     solid = np.concatenate([bodies, clutter]) if len(clutter) else bodies
     t, hit = _cast(dirs, azim, solid)
-
-    valid = np.isfinite(t) & (t <= MAX_RANGE)
-    valid &= rng.random(t.shape) >= DROPOUT
-    r = t[valid] + rng.normal(0.0, RANGE_NOISE, int(valid.sum()))
-    hit = hit[valid]
-    xyz = dirs[valid] * r[:, None]
-    # Reflectance: dull asphalt, one paint value per object, brighter clutter.
-    refl = np.concatenate([rng.uniform(0.1, 0.9, len(objects)),
-                           rng.uniform(0.3, 0.6, len(solid) - len(objects))])
-    base = np.where(hit >= 0, refl[np.maximum(hit, 0)], 0.15)
-    intensity = np.clip(base + rng.normal(0, 0.03, len(base)), 0, 1)
-    points = np.concatenate([xyz, intensity[:, None]], axis=1).astype(np.float32)
-
+    points, hit = _returns(rng, dirs, t, hit, len(objects), len(solid))
     counts = np.bincount(hit[hit >= 0], minlength=len(solid))[:len(objects)]
-    seen = counts >= MIN_OBJECT_POINTS
-    if not seen.any():  # everything hidden: keep the best-seen object
-        seen[np.argmax(counts)] = True
+    seen = _seen_objects(counts)
     return Scene(boxes_lidar=objects[seen],
                  names=[n for n, s in zip(names, seen) if s],
                  num_points=counts[seen], clutter_lidar=clutter, points=points)
@@ -418,6 +577,22 @@ def make_scene(seed: int, frame_id: int,
 # ----------------------------------------------------------------------------
 # KITTI files
 # ----------------------------------------------------------------------------
+def _image_boxes(boxes_cam: np.ndarray) -> np.ndarray:
+    """(M, 4) ``[x1, y1, x2, y2]`` CAM2 boxes of (M, 7) camera boxes, with
+    the clipping KittiMetric applies to projected predictions."""
+    bbox, _ = project_boxes_2d(boxes_cam)
+    bbox[:, :2] = np.maximum(bbox[:, :2], 0)
+    bbox[:, 2:] = np.minimum(bbox[:, 2:], [IMG_W, IMG_H])
+    return bbox
+
+
+def _observation_angle(boxes_cam: np.ndarray) -> np.ndarray:
+    """(M,) KITTI alpha in [-pi, pi), the formula KittiMetric uses for
+    camera boxes."""
+    alpha = boxes_cam[:, 6] - np.arctan2(boxes_cam[:, 0], boxes_cam[:, 2])
+    return (alpha + np.pi) % (2 * np.pi) - np.pi
+
+
 def _label_lines(scene: Scene) -> List[str]:
     """KITTI ``label_2`` lines for a scene's labelled boxes.
 
@@ -428,13 +603,8 @@ def _label_lines(scene: Scene) -> List[str]:
     if len(scene.boxes_lidar) == 0:
         return []
     cam = boxes_lidar_to_camera(scene.boxes_lidar)  # x y z l h w ry
-    bbox, _ = project_boxes_2d(cam)
-    # Same clipping KittiMetric applies to projected predictions.
-    bbox[:, :2] = np.maximum(bbox[:, :2], 0)
-    bbox[:, 2:] = np.minimum(bbox[:, 2:], [IMG_W, IMG_H])
-    # Observation angle, the formula KittiMetric uses for camera boxes.
-    alpha = cam[:, 6] - np.arctan2(cam[:, 0], cam[:, 2])
-    alpha = (alpha + np.pi) % (2 * np.pi) - np.pi
+    bbox = _image_boxes(cam)
+    alpha = _observation_angle(cam)
     lines = []
     for name, a, b, c in zip(scene.names, alpha, bbox, cam):
         x, y, z, l, h, w, ry = c
@@ -452,7 +622,7 @@ def _calib_text() -> str:
         for k in keys)
 
 
-def _png_bytes(width: int, height: int, grey: int = 96) -> bytes:
+def _png_bytes(width: int, height: int, grey: int = PLACEHOLDER_GREY) -> bytes:
     """Encode a flat grey BGR PNG once (the placeholder for every image_2).
 
     mmdet3d's converter opens each image to learn its shape, so a real,
@@ -484,6 +654,38 @@ def _write_frame(root: str, frame_id: int, scene: Scene, png: bytes,
 _CONVERTER_PKG = '_ebm_mmdet3d_dataset_converters'
 
 
+def _register_converter_package() -> None:
+    """Register mmdet3d's ``.mim/tools/dataset_converters`` folder as the
+    package ``_CONVERTER_PKG`` (once)."""
+    if _CONVERTER_PKG in sys.modules:
+        return
+    spec = importlib.util.find_spec('mmdet3d')
+    conv_dir = osp.join(osp.dirname(spec.origin), '.mim', 'tools',
+                        'dataset_converters')
+    if not osp.isdir(conv_dir):
+        raise ImportError(f'mmdet3d converters not found at {conv_dir}')
+    pkg = types.ModuleType(_CONVERTER_PKG)
+    pkg.__path__ = [conv_dir]
+    pkg.__package__ = _CONVERTER_PKG
+    sys.modules[_CONVERTER_PKG] = pkg
+
+
+def _skimage_standin() -> Dict[str, types.ModuleType]:
+    """``{'skimage': ..., 'skimage.io': ...}`` stand-in modules whose imread
+    decodes with PIL, or {} when scikit-image is installed.
+
+    kitti_data_utils does ``from skimage import io`` only to read image
+    shapes, and scikit-image is not among the packages mmdet3d is installed
+    with here.
+    """
+    if importlib.util.find_spec('skimage') is not None:
+        return {}
+    sk, sk_io = types.ModuleType('skimage'), types.ModuleType('skimage.io')
+    sk_io.imread = _imread_pil
+    sk.io = sk_io
+    return {'skimage': sk, 'skimage.io': sk_io}
+
+
 def _load_mmdet3d_converters() -> types.SimpleNamespace:
     """Import the KITTI converters that ship inside the mmdet3d wheel.
 
@@ -493,33 +695,16 @@ def _load_mmdet3d_converters() -> types.SimpleNamespace:
     ``tools`` package shadow this repository's ``tools/`` directory. So the
     folder is registered under a private package name, which keeps the
     converters' relative imports (``from .kitti_data_utils import ...``)
-    working and leaves ``sys.path`` alone.
+    working and leaves ``sys.path`` alone. A scikit-image stand-in (see
+    :func:`_skimage_standin`) is visible during the import only.
 
     Returns:
         Namespace with ``kitti_converter``, ``kitti_data_utils`` and
         ``update_infos_to_v2`` modules.
     """
-    if _CONVERTER_PKG not in sys.modules:
-        spec = importlib.util.find_spec('mmdet3d')
-        conv_dir = osp.join(osp.dirname(spec.origin), '.mim', 'tools',
-                            'dataset_converters')
-        if not osp.isdir(conv_dir):
-            raise ImportError(f'mmdet3d converters not found at {conv_dir}')
-        pkg = types.ModuleType(_CONVERTER_PKG)
-        pkg.__path__ = [conv_dir]
-        pkg.__package__ = _CONVERTER_PKG
-        sys.modules[_CONVERTER_PKG] = pkg
-    # kitti_data_utils does `from skimage import io` only to read image
-    # shapes, and scikit-image is not among the packages mmdet3d is installed
-    # with here. If it is missing, a stand-in whose imread decodes with PIL
-    # (which that module already uses) is visible during the import only.
-    shim: Dict[str, types.ModuleType] = {}
-    if importlib.util.find_spec('skimage') is None:
-        sk, sk_io = types.ModuleType('skimage'), types.ModuleType('skimage.io')
-        sk_io.imread = _imread_pil
-        sk.io = sk_io
-        shim = {'skimage': sk, 'skimage.io': sk_io}
-        sys.modules.update(shim)
+    _register_converter_package()
+    shim = _skimage_standin()
+    sys.modules.update(shim)
     try:
         return types.SimpleNamespace(**{
             name: importlib.import_module(f'{_CONVERTER_PKG}.{name}')
@@ -537,6 +722,24 @@ def _imread_pil(path: str) -> np.ndarray:
         return np.asarray(img)
 
 
+def _write_split_infos(conv: types.SimpleNamespace, out_dir: str, split: str,
+                       ids: List[int], v1_dir: str, v2_dir: str) -> str:
+    """Write ``<out_dir>/kitti_infos_<split>.pkl`` (v2) for frames ``ids``,
+    staging the v1 and v2 files in ``v1_dir`` / ``v2_dir``; return its path."""
+    import mmengine
+    infos = conv.kitti_data_utils.get_kitti_image_info(
+        out_dir, training=True, velodyne=True, calib=True,
+        image_ids=ids, relative_path=True, num_worker=1)
+    conv.kitti_converter._calculate_num_points_in_gt(
+        out_dir, infos, relative_path=True)
+    v1 = osp.join(v1_dir, f'kitti_infos_{split}.pkl')
+    mmengine.dump(infos, v1)
+    conv.update_infos_to_v2.update_kitti_infos(v1, v2_dir)
+    path = osp.join(out_dir, f'kitti_infos_{split}.pkl')
+    os.replace(osp.join(v2_dir, f'kitti_infos_{split}.pkl'), path)
+    return path
+
+
 def _write_infos(out_dir: str, splits: Dict[str, List[int]]) -> Dict[str, str]:
     """Create ``kitti_infos_<split>.pkl`` (mmdet3d v2 format) for each split.
 
@@ -548,9 +751,7 @@ def _write_infos(out_dir: str, splits: Dict[str, List[int]]) -> Dict[str, str]:
     Returns:
         Mapping split -> absolute path of the written info file.
     """
-    import mmengine
     conv = _load_mmdet3d_converters()
-    paths = {}
     with tempfile.TemporaryDirectory() as stage:
         # update_kitti_infos sleeps 5 s whenever out_dir is a substring of
         # the input path (an overwrite warning), so v1 and v2 are staged in
@@ -558,22 +759,27 @@ def _write_infos(out_dir: str, splits: Dict[str, List[int]]) -> Dict[str, str]:
         v1_dir, v2_dir = osp.join(stage, 'v1'), osp.join(stage, 'v2')
         os.makedirs(v1_dir)
         os.makedirs(v2_dir)
-        for split, ids in splits.items():
-            infos = conv.kitti_data_utils.get_kitti_image_info(
-                out_dir, training=True, velodyne=True, calib=True,
-                image_ids=ids, relative_path=True, num_worker=1)
-            conv.kitti_converter._calculate_num_points_in_gt(
-                out_dir, infos, relative_path=True)
-            v1 = osp.join(v1_dir, f'kitti_infos_{split}.pkl')
-            mmengine.dump(infos, v1)
-            conv.update_infos_to_v2.update_kitti_infos(v1, v2_dir)
-            paths[split] = osp.join(out_dir, f'kitti_infos_{split}.pkl')
-            os.replace(osp.join(v2_dir, f'kitti_infos_{split}.pkl'), paths[split])
-    return paths
+        return {split: _write_split_infos(conv, out_dir, split, ids, v1_dir, v2_dir)
+                for split, ids in splits.items()}
+
+
+def _make_layout(out_dir: str, splits: Dict[str, List[int]]) -> str:
+    """Create the KITTI folders and ``ImageSets/<split>.txt`` (with an
+    empty test list); return the ``training`` folder."""
+    root = osp.join(out_dir, 'training')
+    for sub in ('velodyne', 'label_2', 'calib', 'image_2'):
+        os.makedirs(osp.join(root, sub), exist_ok=True)
+    os.makedirs(osp.join(out_dir, 'ImageSets'), exist_ok=True)
+    # No testing/ folder is generated; an empty test list keeps the
+    # ImageSets layout create_data.py expects.
+    for split, ids in {**splits, 'test': []}.items():
+        with open(osp.join(out_dir, 'ImageSets', f'{split}.txt'), 'w') as f:
+            f.write(''.join(f'{i:06d}\n' for i in ids))
+    return root
 
 
 def generate(out_dir: str, num_train: int, num_val: int, seed: int = 0,
-             point_cloud_range: Sequence[float] = (0, -20, -3, 40, 20, 1)
+             point_cloud_range: Sequence[float] = DEFAULT_POINT_CLOUD_RANGE
              ) -> Dict[str, str]:
     """Generate a KITTI-format dataset of synthetic LiDAR scenes.
 
@@ -597,18 +803,9 @@ def generate(out_dir: str, num_train: int, num_val: int, seed: int = 0,
         # empty split (ignore_class_name is only bound inside its loop).
         raise ValueError('num_train and num_val must both be >= 1')
     out_dir = osp.abspath(out_dir)
-    root = osp.join(out_dir, 'training')
-    for sub in ('velodyne', 'label_2', 'calib', 'image_2'):
-        os.makedirs(osp.join(root, sub), exist_ok=True)
-    os.makedirs(osp.join(out_dir, 'ImageSets'), exist_ok=True)
     splits = {'train': list(range(num_train)),
               'val': list(range(num_train, num_train + num_val))}
-    # No testing/ folder is generated; an empty test list keeps the
-    # ImageSets layout create_data.py expects.
-    for split, ids in {**splits, 'test': []}.items():
-        with open(osp.join(out_dir, 'ImageSets', f'{split}.txt'), 'w') as f:
-            f.write(''.join(f'{i:06d}\n' for i in ids))
-
+    root = _make_layout(out_dir, splits)
     png, calib = _png_bytes(IMG_W, IMG_H), _calib_text()
     for frame_id in splits['train'] + splits['val']:
         scene = make_scene(seed, frame_id, point_cloud_range)
@@ -626,7 +823,7 @@ def main(argv: Sequence[str] = None) -> None:
     parser.add_argument('--num-val', type=int, default=50)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--point-cloud-range', type=float, nargs=6,
-                        default=(0, -20, -3, 40, 20, 1))
+                        default=DEFAULT_POINT_CLOUD_RANGE)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     paths = generate(args.out, args.num_train, args.num_val, args.seed,

@@ -1,0 +1,177 @@
+"""What every EBM head shares: the loss on samples around the ground truth and gradient ascent on f,
+both in its box type's space (``BoxCodec``). A head for a new box type or feature layout implements
+``prepare_features`` and ``class_scores`` only."""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+from torch import Tensor
+
+from ebm_det.core import BoxCodec, GMMNoise, RefineConfig, RefineResult, refine_by_gradient_ascent
+from .losses import build_ebm_loss
+
+
+class BaseEBMHead(BaseModule):
+    """The shared half of an energy-based box scorer f(x, y).
+
+    Args:
+        codec: the box type (``Box2DCodec``, ``LiDARBoxCodec``): space, validity rule, defaults.
+        loss: an ``EBMLoss`` config, e.g. ``dict(type='NCEPlusLoss', num_samples=128, beta=0.1)``;
+            without ``type``, its keys update ``default_loss`` (so ``loss=dict(num_samples=16)``
+            in a config changes only M); ``sigmas`` default to ``codec.default_sigmas``.
+        default_loss: the head's default loss config.
+        registry: the MODELS registry the loss is built in (mmdet's or mmdet3d's).
+        max_gt_per_batch: at most this many ground truths (chosen at random) feed the loss per
+            batch, bounding training memory in crowded scenes; None keeps all.
+
+    Subclasses set ``self.fc_score`` (the last layer: initialised N(0, 0.001) as in the papers, so
+    the first scores are nearly flat) and implement ``prepare_features`` and ``class_scores``;
+    ``box_context`` / ``group_order`` when boxes carry context (2D: the FPN level).
+    """
+
+    def __init__(self, codec: BoxCodec, loss: Optional[dict], default_loss: dict, registry,
+                 max_gt_per_batch: Optional[int] = None, init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.codec = codec
+        if loss is None or (isinstance(loss, dict) and 'type' not in loss and 'method' not in loss):
+            loss = {**default_loss, **(loss or {})}
+        self.loss_fn = build_ebm_loss(loss, registry)
+        sigmas = self.loss_fn.sigmas if self.loss_fn.sigmas is not None else codec.default_sigmas
+        self.noise = GMMNoise(sigmas, periodic_dims=codec.space.periodic_dims)
+        if self.noise.sigmas.shape[1] not in (1, codec.dim):
+            raise ValueError(f'loss sigmas need 1 or {codec.dim} columns (one per box-space dimension), got '
+                             f'{self.noise.sigmas.shape[1]}')
+        self.max_gt_per_batch = max_gt_per_batch
+
+    @property
+    def space(self):
+        """The box space of refinement and noise (``codec.space``)."""
+        return self.codec.space
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        nn.init.normal_(self.fc_score.weight, std=0.001)
+        nn.init.zeros_(self.fc_score.bias)
+
+    # ------------------------------------------------------------------ what a box type implements
+    def prepare_features(self, feats):
+        """The detector's features -> what ``class_scores`` samples (cast to the head's dtype)."""
+        raise NotImplementedError
+
+    def class_scores(self, feats, boxes: Tensor, batch_idx: Tensor, **context) -> Tensor:
+        """(N, D) boxes on prepared ``feats`` -> (N, C) scores, one per class (C = 1:
+        class-agnostic); differentiable in the boxes."""
+        raise NotImplementedError
+
+    def box_context(self, boxes: Tensor, batch_idx: Tensor) -> Dict[str, Tensor]:
+        """Per-box (N,) tensors held fixed while a box is scored or refined (none by default)."""
+        return {}
+
+    def group_order(self, feats, batch_idx: Tensor, context: Dict[str, Tensor]) -> Optional[Tensor]:
+        """An order of the boxes that makes ``class_scores`` cheaper, or None."""
+        return None
+
+    # ------------------------------------------------------------------------------------ shared
+    def head_dtype(self) -> torch.dtype:
+        return self.fc_score.weight.dtype
+
+    def score(self, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, **context) -> Tensor:
+        """f(x, y): (N,) the score of each box's class (``labels``, (N,) long)."""
+        out = self.class_scores(feats, boxes, batch_idx, **context)
+        return out[:, 0] if out.shape[1] == 1 else out.gather(1, labels.long()[:, None])[:, 0]
+
+    @torch.no_grad()
+    def best_labels(self, feats, boxes: Tensor, batch_idx: Tensor) -> Tensor:
+        """(N,) the class whose f is highest at each (N, D) box (0 for a class-agnostic head); raw
+        ``feats`` as the detector gives them."""
+        if boxes.shape[0] == 0 or self.fc_score.out_features == 1:
+            return torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
+        feats = self.prepare_features(feats)
+        return self.class_scores(feats, boxes, batch_idx, **self.box_context(boxes, batch_idx)).argmax(1)
+
+    def _ordered(self, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor):
+        """Boxes, batch_idx, labels and context in ``group_order``, and that order (None: unchanged)."""
+        context = self.box_context(boxes, batch_idx)
+        order = self.group_order(feats, batch_idx, context)
+        if order is None:
+            return boxes, batch_idx, labels, context, None
+        return (boxes[order], batch_idx[order], labels[order], {k: v[order] for k, v in context.items()}, order)
+
+    def loss(self, feats, gt_boxes: List, gt_labels: List[Tensor]) -> dict:
+        """The EBM loss on samples drawn around every valid ground truth (``codec.valid``).
+
+        Args:
+            feats: the detector's features (raw; prepared here).
+            gt_boxes: per image (n_i, >= D) boxes (tensors or box objects), in the frame of
+                ``feats`` (2D: network-input pixels).
+            gt_labels: per image (n_i,) classes.
+        Returns:
+            dict(loss_ebm=scalar). Without valid ground truth, a zero that still reaches every
+            parameter (for DDP).
+        """
+        feats = self.prepare_features(feats)
+        device = self.fc_score.weight.device
+        boxes = torch.cat([self.codec.to_tensor(b).to(device) for b in gt_boxes]) if gt_boxes else \
+            torch.zeros(0, self.codec.dim, device=device)
+        labels = torch.cat([torch.as_tensor(t).to(device).long() for t in gt_labels]) if gt_labels else \
+            torch.zeros(0, dtype=torch.long, device=device)
+        batch_idx = torch.cat([torch.full((len(b), ), i, device=device) for i, b in enumerate(gt_boxes)]).long() \
+            if gt_boxes else torch.zeros(0, dtype=torch.long, device=device)
+        keep = self.codec.valid(boxes)
+        if self.max_gt_per_batch is not None:
+            keep &= torch.rand(len(boxes), device=device).argsort().argsort() < self.max_gt_per_batch
+        boxes, labels, batch_idx = boxes[keep], labels[keep], batch_idx[keep]
+        if boxes.numel() == 0:
+            return dict(loss_ebm=sum(p.sum() for p in self.parameters()) * 0.0)
+        boxes, batch_idx, labels, context, _ = self._ordered(feats, boxes, batch_idx, labels)
+        space, ref, dim = self.space, boxes[:, None], self.codec.dim
+
+        def score_fn(y: Tensor) -> Tensor:  # (N, M, D) in the box space -> (N, M)
+            m = y.shape[1]
+            rep = lambda t: t.repeat_interleave(m)  # noqa: E731
+            b = space.decode(y, ref).reshape(-1, dim)
+            ctx = {k: rep(v) for k, v in context.items()}
+            return self.score(feats, b, rep(batch_idx), rep(labels), **ctx).reshape(-1, m)
+
+        loss = self.loss_fn(score_fn, space.encode(boxes, boxes), self.noise, project=space.project)
+        return dict(loss_ebm=loss)
+
+    def refine(self, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: Optional[RefineConfig] = None,
+               step_sizes: Optional[Tensor] = None) -> RefineResult:
+        """Gradient ascent on f for (N, D) boxes of several images in one batched call (no selection,
+        no clipping: ``ebm_det.core.refine_boxes`` does those around it).
+
+        Args:
+            feats: the detector's features (raw; prepared here).
+            boxes: (N, D) valid boxes (``codec.valid``), in the frame of ``feats``.
+            batch_idx, labels: (N,) long.
+            cfg: ``RefineConfig`` (or a dict); None: the defaults.
+            step_sizes: optional (N, D) per-box lambdas, overriding ``cfg.step_sizes``.
+        Returns:
+            ``RefineResult`` in the input order.
+        """
+        cfg = RefineConfig.build(cfg)
+        feats = self.prepare_features(feats)
+        lam = step_sizes if step_sizes is not None else torch.tensor(
+            cfg.step_sizes_for(self.codec.dim, self.codec.default_step_sizes), dtype=torch.float64)
+        boxes, batch_idx, labels, context, order = self._ordered(feats, boxes, batch_idx, labels)
+        if order is not None and lam.dim() == 2:
+            lam = lam[order.to(lam.device)]  # per-box steps follow their boxes
+
+        def score_fn(b: Tensor, idx: Tensor) -> Tensor:
+            return self.score(feats, b, batch_idx[idx], labels[idx], **{k: v[idx] for k, v in context.items()})
+
+        res = refine_by_gradient_ascent(score_fn, boxes, lam, cfg.num_steps, cfg.decay, space=self.space, tol=cfg.tol,
+                                        chunk_size=cfg.chunk_size)
+        if order is None:
+            return res
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return res._replace(boxes=res.boxes[inverse], scores=res.scores[inverse], init_scores=res.init_scores[inverse])
+
+    def _features_as_head_dtype(self, feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """Half-precision (or any other dtype) features are cast to the head's dtype, so a float32
+        head refines on a bf16/fp16 detector's maps (the score comparison stays float32)."""
+        dtype = self.head_dtype()
+        return tuple(f if f.dtype == dtype else f.to(dtype) for f in feats)
