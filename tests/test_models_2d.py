@@ -266,3 +266,23 @@ def test_missing_or_mismatched_detector_checkpoint_is_a_clear_error(tmp_path):
     model.detector_checkpoint = str(other)
     with pytest.raises(RuntimeError, match='other.pth.*does not fit the detector config \\(FasterRCNN\\)'):
         model.init_weights()
+
+
+def test_mmdet_entry_points_on_the_ebm_config(trained, shapes_root):
+    """MMDetection's own APIs on the CPU 2D EBM config: ``init_detector`` + ``inference_detector``
+    and ``DetInferencer`` load the checkpoint (weights-only) and return both box sets."""
+    import numpy as np
+    from mmdet.apis import DetInferencer, inference_detector, init_detector
+    image = str(sorted((shapes_root / 'val').glob('*.png'))[0])
+    model = init_detector(str(trained['ebm_cfg']), trained['ebm_ckpt'], device='cpu')
+    assert type(model).__name__ == 'EBMRefineDetector' and model.dataset_meta['classes'][0] == 'rectangle'
+    state = torch.load(trained['ebm_ckpt'], map_location='cpu', weights_only=True)['state_dict']
+    assert torch.equal(model.ebm_head.fc_score.weight, state['ebm_head.fc_score.weight'])
+    pred = inference_detector(model, image).pred_instances
+    assert {'bboxes', 'bboxes_init', 'scores_init', 'ebm_scores'} <= set(pred.keys())
+    assert len(pred) > 0 and (pred.bboxes >= 0).all() and (pred.bboxes <= 256).all()
+    inferencer = DetInferencer(model=str(trained['ebm_cfg']), weights=trained['ebm_ckpt'], device='cpu',
+                               show_progress=False)
+    out = inferencer(image, return_datasamples=True)['predictions'][0].pred_instances
+    np.testing.assert_allclose(out.bboxes.numpy(), pred.bboxes.numpy(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(out.bboxes_init.numpy(), pred.bboxes_init.numpy(), rtol=1e-5, atol=1e-3)

@@ -222,6 +222,21 @@ def test_runner_trains_frozen_detector_and_reports_before_after(trained3d):
     assert same[f'Kitti metric_init/{AP_KEY.format("3D")}'] == metrics[f'Kitti metric_init/{AP_KEY.format("3D")}']
 
 
+def test_mmdet3d_entry_points_on_the_ebm_config(trained3d):
+    """mmdet3d's own ``init_model`` + ``inference_detector`` on the CPU 3D EBM config and checkpoint."""
+    from mmdet3d.apis import inference_detector, init_model
+    model = init_model(str(trained3d['ebm_cfg']), trained3d['ebm_ckpt'], device='cpu')
+    assert type(model).__name__ == 'EBMRefineDetector3D'
+    state = torch.load(trained3d['ebm_ckpt'], map_location='cpu', weights_only=True)['state_dict']
+    assert torch.equal(model.ebm_head.fc_score.weight, state['ebm_head.fc_score.weight'])
+    model.detector.test_cfg.update(score_thr=0.0, max_num=20)
+    cloud = str(Path(trained3d['root']) / 'training' / 'velodyne' / '000004.bin')
+    result, _ = inference_detector(model, cloud)
+    pred = result.pred_instances_3d
+    assert {'bboxes_3d', 'bboxes_3d_init', 'scores_3d_init', 'ebm_scores'} <= set(pred.keys())
+    _check(pred, refined_any=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # (d) predict on awkward frames
 # ---------------------------------------------------------------------------------------------
