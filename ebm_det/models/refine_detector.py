@@ -188,6 +188,10 @@ class EBMRefineDetector(BaseDetector):
         refinement (``refine``, default ``test_cfg.enabled``); then the boxes go to the original
         image (``rescale``). Boxes change frame once, at the end.
 
+        Args:
+            batch_inputs, batch_data_samples: as ``predict`` takes them, i.e. after the data
+                preprocessor (``model.data_preprocessor(data, False)``; ``model.test_step`` does it).
+
         Returns:
             (results, feats): data samples as the inner detector's ``predict`` gives them (plus
             the refinement fields), and its neck's features of the batch.
