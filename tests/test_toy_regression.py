@@ -1,25 +1,16 @@
-"""Reduced runs of the two regression benchmarks in tools/benchmarks (loaded by file path).
+"""Reduced runs of the two regression benchmarks in tools/benchmarks (loaded with ``load_tool``).
 
 - 1-D toy 1 (bimodal for x < 0, log-normal for x >= 0): an NCE+-trained EBM beats a Gaussian
   regression (mean, log-variance) in KL(p_true || p_model).
 - NARX with bimodal process noise: the NCE-trained EBM's test NLL beats the MLP-Gaussian's and
   its 90% intervals cover about 90% of the test steps.
 """
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools', 'benchmarks')
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f'_bench_{name}', os.path.join(BENCH, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_tool
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -33,12 +24,12 @@ def one_thread():
 
 @pytest.fixture(scope='module')
 def toy():
-    return _load('toy_1d')
+    return load_tool('tools/benchmarks/toy_1d.py')
 
 
 @pytest.fixture(scope='module')
 def narx():
-    return _load('narx')
+    return load_tool('tools/benchmarks/narx.py')
 
 
 def test_toy_data_and_true_density(toy):
@@ -78,3 +69,22 @@ def test_narx_ebm_nll_and_coverage(narx):
     assert e['nll'] < m['nll'], res
     assert 0.75 <= e['coverage90'] <= 0.98, res
     assert math.isfinite(e['rmse']) and e['rmse'] < 1.0, res
+
+
+def test_toy_methods_build_their_loss_classes(toy, narx):
+    # each EBM method is its own loss class, its arguments from the tool's settings
+    for method in toy.EBM_METHODS:
+        loss = toy.build_method_loss(method, toy.DEFAULTS)
+        assert type(loss).__name__ == toy.LOSS_SETTINGS[method][0]
+    assert toy.build_method_loss('nce_plus', toy.DEFAULTS).beta == toy.DEFAULTS['beta']
+    mcmc = toy.build_method_loss('ml_mcmc', toy.DEFAULTS)
+    assert (mcmc.num_samples, mcmc.mcmc_steps) == (toy.DEFAULTS['mcmc_samples'], toy.DEFAULTS['mcmc_steps'])
+    assert type(toy.build_method_loss(narx.DEFAULTS['loss'], narx.DEFAULTS)).__name__ == 'NCELoss'
+    with pytest.raises(ValueError, match='unknown NARX loss'):
+        narx.ebm_objective(dict(narx.DEFAULTS, loss='dsm'), torch.Generator())
+    # two steps of every method train without error and keep the parameters finite
+    x, y = toy.make_data(1, n=64, seed=0)
+    for method in toy.METHODS:
+        model = toy.train(method, x, y, seed=0, iters=2, batch=8, num_samples=8, mcmc_samples=4, mcmc_steps=2,
+                          grid_points=16)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), method

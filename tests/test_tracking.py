@@ -1,5 +1,6 @@
 """Tracking: the video generator, EBMBoxRefiner, EBM trackers inside mmdet's MOT models (through the
-Runner and MOTChallengeMetric), MOT metrics on hand-checked cases, OPE success AUC."""
+Runner and MOTChallengeMetric), the tracking benchmark's MOT scores (mmdet's MOTChallengeMetric and the
+motmetrics cross-check) on hand-checked cases, its constant-velocity tracker and OPE success AUC."""
 import uuid
 
 import numpy as np
@@ -14,9 +15,13 @@ import ebm_det  # noqa: E402,F401
 import ebm_det.tracking  # noqa: E402,F401
 from ebm_det.core import RefineConfig  # noqa: E402
 from ebm_det.models import EBMBoxHead  # noqa: E402
-from ebm_det.tracking import (ConstantVelocityTracker, EBMBoxRefiner, EBMByteTracker, evaluate_mot,  # noqa: E402
-                              evaluate_mot_arrays, motmetrics_summary, success_auc, success_curve)
-from ebm_det.tracking.metrics import read_mot_txt  # noqa: E402
+from ebm_det.tracking import EBMBoxRefiner, EBMByteTracker  # noqa: E402
+
+pytest.importorskip('motmetrics')
+# the tracking benchmark's scoring and single-object pieces (tools/benchmarks/tracking_*.py)
+mot_scores = load_tool('tools/benchmarks/tracking_metrics.py')
+sot = load_tool('tools/benchmarks/tracking_sot.py')
+read_mot_txt = mot_scores.read_mot_txt
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -177,11 +182,11 @@ def test_constant_velocity_tracker_follows_refiner_and_detections():
         def best_labels(self, feats, boxes, batch_idx=None):
             return torch.zeros(len(boxes), dtype=torch.long)
 
-    cv = ConstantVelocityTracker(Shift(), momentum=0.0)
+    cv = sot.ConstantVelocityTracker(Shift(), momentum=0.0)
     cv.add(['a'], torch.tensor([[10., 10., 20., 20.]]), feats=[torch.zeros(1)])
     assert cv.step(feats=[torch.zeros(1)])['a'].tolist() == [12., 10., 22., 20.]
     assert cv.step(feats=[torch.zeros(1)])['a'].tolist() == [16., 10., 26., 20.]  # v=2 then +2 refine
-    plain = ConstantVelocityTracker(None)
+    plain = sot.ConstantVelocityTracker(None)
     plain.add([1], torch.tensor([[10., 10., 20., 20.]]))
     assert plain.step()[1].tolist() == [10., 10., 20., 20.]  # no measurement: static
     assert plain.step(dets=torch.tensor([[11., 10., 21., 20.], [90., 90., 99., 99.]]))[1].tolist() == [11., 10., 21., 20.]
@@ -197,9 +202,10 @@ def _box(frame, tid, x, y=10.0, w=20.0, h=30.0, conf=1, cls=1):
 def test_metrics_perfect_tracker_is_one(video):
     seq = video / 'val' / 'SHAPES-01'
     gt = read_mot_txt(seq / 'gt' / 'gt.txt')
-    res = evaluate_mot(video / 'val', {'SHAPES-01': gt[:, :7]})['COMBINED']
+    assert mot_scores.seq_length(seq) == 12
+    res = mot_scores.mot_challenge_metrics({'SHAPES-01': gt}, {'SHAPES-01': gt[:, :7]}, {'SHAPES-01': 12})
     assert res['MOTA'] == 1.0 and res['IDF1'] == 1.0 and res['HOTA'] == pytest.approx(1.0)
-    mm = motmetrics_summary({'SHAPES-01': gt}, {'SHAPES-01': gt[:, :7]})
+    mm = mot_scores.motmetrics_summary({'SHAPES-01': gt}, {'SHAPES-01': gt[:, :7]})
     assert mm['MOTA'] == 1.0 and mm['IDF1'] == 1.0
 
 
@@ -212,9 +218,9 @@ def test_metrics_hand_computed_id_switch_and_false_positive():
     pred.append(_box(2, 4, 80, y=200)[:7])  # one false positive, overlapping nothing
     pred.append(_box(1, 5, 80, y=100)[:7])  # on the don't-care object: ignored
     gt, pred = {'S': np.array(gt)}, {'S': np.array(pred)}
-    r = evaluate_mot_arrays(gt, pred, {'S': 4})['COMBINED']
+    r = mot_scores.mot_challenge_metrics(gt, pred, {'S': 4})
     # CLEAR: 8 GT boxes, TP 8, FP 1, FN 0, IDSW 1 -> MOTA = 1 - (0 + 1 + 1) / 8
-    assert (r['CLR_TP'], r['CLR_FP'], r['CLR_FN'], r['IDSW']) == (8, 1, 0, 1)
+    assert (r['TP'], r['FP'], r['FN'], r['IDSW']) == (8, 1, 0, 1)
     assert r['MOTA'] == pytest.approx(0.75)
     # Identity: A<->1 (or 3) 2 frames, B<->2 4 frames: IDTP 6, IDFN 2, IDFP 9 - 6 = 3
     assert (r['IDTP'], r['IDFN'], r['IDFP']) == (6, 2, 3)
@@ -222,27 +228,31 @@ def test_metrics_hand_computed_id_switch_and_false_positive():
     # HOTA with exact boxes (every alpha alike): DetA = 8 / 9; AssA = (4 * 1 + 4 * 2 / 4) / 8
     assert r['DetA'] == pytest.approx(8 / 9) and r['AssA'] == pytest.approx(0.75)
     assert r['HOTA'] == pytest.approx(np.sqrt(8 / 9 * 0.75))
-    mm = motmetrics_summary(gt, pred)
+    mm = mot_scores.motmetrics_summary(gt, pred)
     assert mm['MOTA'] == pytest.approx(0.75) and mm['IDF1'] == pytest.approx(12 / 17)
     assert (mm['IDSW'], mm['FP'], mm['FN']) == (1, 1, 0)
 
 
 def test_metrics_frames_without_objects_and_empty_results():
     gt = {'S': np.array([_box(3, 1, 10), _box(4, 1, 12)])}  # frames 1, 2, 5 are empty
-    r = evaluate_mot_arrays(gt, {'S': np.array([_box(3, 1, 10)[:7], _box(4, 1, 12)[:7]])}, {'S': 5})['COMBINED']
+    score = mot_scores.mot_challenge_metrics
+    r = score(gt, {'S': np.array([_box(3, 1, 10)[:7], _box(4, 1, 12)[:7]])}, {'S': 5})
     assert r['MOTA'] == 1.0 and r['IDF1'] == 1.0 and r['HOTA'] == pytest.approx(1.0)
-    r = evaluate_mot_arrays(gt, {'S': np.array([_box(1, 7, 10)[:7]])}, {'S': 5})['COMBINED']  # FP on an empty frame
-    assert r['CLR_FP'] == 1 and r['CLR_FN'] == 2 and r['MOTA'] == pytest.approx(1 - 3 / 2)
-    r = evaluate_mot_arrays(gt, {}, {'S': 5})['COMBINED']
-    assert r['MOTA'] == 0.0 and r['CLR_FN'] == 2
+    fp_on_empty_frame = {'S': np.array([_box(1, 7, 10)[:7]])}
+    r = score(gt, fp_on_empty_frame, {'S': 5})
+    assert r['FP'] == 1 and r['FN'] == 2 and r['MOTA'] == pytest.approx(1 - 3 / 2)
+    mm = mot_scores.motmetrics_summary(gt, fp_on_empty_frame, {'S': 5})
+    assert (mm['FP'], mm['FN']) == (1, 2) and mm['MOTA'] == pytest.approx(1 - 3 / 2)
+    r = score(gt, {}, {'S': 5})
+    assert r['MOTA'] == 0.0 and r['FN'] == 2
 
 
 def test_success_auc_hand_computed():
     ious = [1.0, 0.5, 0.0]
-    curve = success_curve(ious)
+    curve = sot.success_curve(ious)
     assert curve[0] == pytest.approx(2 / 3) and curve[10] == pytest.approx(1 / 3) and curve[-1] == 0
-    assert success_auc(ious) == pytest.approx((10 * 2 / 3 + 10 * 1 / 3) / 21)
-    assert success_auc([1.0] * 5) == pytest.approx(20 / 21) and success_auc([]) == 0.0
+    assert sot.success_auc(ious) == pytest.approx((10 * 2 / 3 + 10 * 1 / 3) / 21)
+    assert sot.success_auc([1.0] * 5) == pytest.approx(20 / 21) and sot.success_auc([]) == 0.0
 
 
 # ------------------------------------------------------------------------- trackers, standalone

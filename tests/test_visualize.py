@@ -47,7 +47,7 @@ def test_visualize_refinement_pictures_and_heatmap(shapes_root, tmp_path):
     assert hm['offsets'][c] == 0 and hm['offsets'][-1] == pytest.approx(vis.SPAN)
 
     # f at the detector's best box of the first image, recomputed here from the model's own
-    # prediction and features: the centre of both panels
+    # prediction and its extract_feat (the tool reads detect's features): the centre of both panels
     model = vis.build_model(cfg, str(ckpt))
     batch = next(iter(Runner.build_dataloader(cfg.val_dataloader)))
     with torch.no_grad():
@@ -60,12 +60,33 @@ def test_visualize_refinement_pictures_and_heatmap(shapes_root, tmp_path):
     head = model.ebm_head
     idx, label = torch.zeros(1, dtype=torch.long), inst.labels[i:i + 1]
     with torch.no_grad():
-        f0 = head.score(head.prepare_features(feats), box, idx, head.map_levels(box), label)
+        f0 = head.score(head.prepare_features(feats), box, idx, label, levels=head.map_levels(box))
         # grid[i, j]: offsets[j] in the panel's first dimension (dx / w0), offsets[i] in its second
         w = box[0, 2] - box[0, 0]
         right = box + torch.stack([w, 0 * w, w, 0 * w]) * vis.SPAN
-        f_right = head.score(head.prepare_features(feats), right, idx, head.map_levels(box), label)
+        f_right = head.score(head.prepare_features(feats), right, idx, label, levels=head.map_levels(box))
     for name in ('shift', 'scale'):
         assert abs(hm[name][c, c].item() - f0.item()) <= 1e-5
     assert abs(hm['shift'][c, -1].item() - f_right.item()) <= 1e-5
     assert hm['shift'].std() > 0 and hm['scale'].std() > 0
+
+
+def test_visualize_refinement_refuses_a_checkpoint_that_does_not_fit(shapes_root, tmp_path):
+    # init_detector loads non-strictly; the EBM wrapper refuses a checkpoint that leaves weights random
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    vis = load_tool('tools/visualize_refinement.py')
+    cfg_path = tiny_shapes_config(tmp_path, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root)
+    cfg = Config.fromfile(str(cfg_path))
+    init_default_scope('mmdet')
+    state = MODELS.build(cfg.model).state_dict()
+    head_weight = 'ebm_head.fc_score.weight'
+    cases = dict(missing={k: v for k, v in state.items() if k != head_weight},
+                 unexpected={**state, 'ebm_head.extra': torch.zeros(1)},
+                 mis_shaped={**state, head_weight: state[head_weight][:1]})
+    for kind, weights in cases.items():
+        ckpt = tmp_path / f'{kind}.pth'
+        torch.save(dict(state_dict=weights), ckpt)
+        with pytest.raises(RuntimeError, match=f'{kind}: '):
+            vis.build_model(cfg, str(ckpt))

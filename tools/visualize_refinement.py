@@ -10,7 +10,7 @@ space (cx / w0, cy / h0, log w, log h), 41 x 41 points per panel: left, centre s
 x marks the detector's box, o the refined box (its coordinates in the panel's two dimensions).
 
     python tools/visualize_refinement.py CONFIG CHECKPOINT [--images 4] [--split val] \\
-        [--score-thr 0.3] [--out-dir work_dirs/vis] [--heatmap-box 0] [--cfg-options k=v ...]
+        [--score-thr 0.3] [--out-dir work_dirs/vis] [--heatmap-box 0] [--device cpu] [--cfg-options k=v ...]
 
 e.g. with the demo's checkpoint (``make demo``):
 
@@ -20,16 +20,11 @@ e.g. with the demo's checkpoint (``make demo``):
 import argparse
 import os
 import os.path as osp
-import sys
 
 import numpy as np
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import ebm_det  # noqa: E402,F401  (registers the modules; weights-only checkpoint loading)
+import ebm_det  # noqa: F401  (registers the modules; weights-only checkpoint loading)
 
 COLORS = dict(gt=(0, 200, 0), init=(230, 30, 30), refined=(30, 110, 255))  # RGB
 LEGEND = (('GT', 'gt'), ('detector', 'init'), ('EBM refined', 'refined'))
@@ -51,34 +46,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--out-dir', default=osp.join('work_dirs', 'vis'))
     p.add_argument('--heatmap-box', type=int, default=0,
                    help='heat map around the K-th highest-scoring detection of the first image (0 = best)')
+    p.add_argument('--device', default='cpu', help="where the model runs ('cpu', 'cuda:0')")
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p.parse_args(argv)
 
 
-def build_model(cfg, checkpoint: str):
-    """The config's model with the checkpoint's weights, in eval mode. ``load_checkpoint`` is
-    mmengine's (what the Runner's ``load_from`` in tools/test.py calls), under torch's
-    weights-only unpickler as extended by ``ebm_det.checkpoint``."""
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = MODELS.build(cfg.model)
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=True, logger='silent')  # no silent random weights
-    return model.eval()
+def build_model(cfg, checkpoint: str, device: str = 'cpu'):
+    """The config's model with the checkpoint's weights, in eval mode, on ``device``: mmdet's
+    ``init_detector`` (mmengine's ``load_checkpoint`` under torch's weights-only unpickler as
+    extended by ``ebm_det.checkpoint``); the EBM wrapper refuses a checkpoint that does not fit
+    it (RuntimeError), so no picture is drawn with random weights."""
+    from mmdet.apis import init_detector
+    return init_detector(cfg, checkpoint, device=device)
 
 
-def predict_batches(model, cfg, split: str, num_images: int):
-    """Yield (preprocessed data, results) for the batches of ``<split>_dataloader`` holding its
-    first ``num_images`` images; results as ``model.test_step`` gives them."""
+def detect_batches(model, cfg, split: str, num_images: int):
+    """Yield (results, feats) for the batches of ``<split>_dataloader`` holding its first
+    ``num_images`` images: results as ``model.test_step`` gives them (refined, original-image
+    pixels), feats the neck's features of the batch from the same pass (``model.detect``)."""
     from mmengine.runner import Runner
     loader = Runner.build_dataloader(cfg[f'{split}_dataloader'])
     seen = 0
     for batch in loader:
         with torch.no_grad():  # as the Runner's TestLoop; refinement enables its own gradients
-            data = model.data_preprocessor(batch, False)  # = model.test_step(batch), keeping `data`
-            results = model(**data, mode='predict')
-        yield data, results[:num_images - seen]
+            data = model.data_preprocessor(batch, False)
+            results, feats = model.detect(data['inputs'], data['data_samples'])
+        yield results[:num_images - seen], feats
         seen += len(results)
         if seen >= num_images:
             break
@@ -130,14 +123,14 @@ def score_grid(ebm_head, feats, box: torch.Tensor, label: int, dims=(0, 1), span
     with torch.no_grad():
         feats = ebm_head.prepare_features(feats)
         levels = ebm_head.map_levels(box).expand(n)
-        scores = ebm_head.score(feats, boxes, box.new_full((n, ), batch_idx, dtype=torch.long), levels,
-                                box.new_full((n, ), label, dtype=torch.long))
+        scores = ebm_head.score(feats, boxes, box.new_full((n, ), batch_idx, dtype=torch.long),
+                                box.new_full((n, ), label, dtype=torch.long), levels=levels)
     return scores.reshape(steps, steps), offsets
 
 
-def heatmap_data(model, data: dict, result, k: int) -> dict:
+def heatmap_data(model, feats, result, k: int) -> dict:
     """Both panels' grids around the k-th highest-scoring detection of the batch's first image
-    (``result``), on the features of ``data['inputs']`` from the model's own ``extract_feat``."""
+    (``result``), on ``feats``, the batch's features from the same ``model.detect`` pass."""
     pred = result.pred_instances
     if 'bboxes_init' not in pred:
         raise ValueError('no bboxes_init in the predictions: the model must be an EBMRefineDetector '
@@ -147,8 +140,6 @@ def heatmap_data(model, data: dict, result, k: int) -> dict:
     idx = int(pred.scores.argsort(descending=True)[k])
     factor = pred.bboxes.new_tensor(result.metainfo['scale_factor']).repeat(2)  # original -> input pixels
     box, refined = pred.bboxes_init[idx] * factor, pred.bboxes[idx] * factor
-    with torch.no_grad():
-        feats = model.extract_feat(data['inputs'])
     out = dict(box=box, refined=refined, label=int(pred.labels[idx]), score=float(pred.scores[idx]),
                ebm_score=float(pred.ebm_scores[idx]))
     for name, dims in PANELS.items():
@@ -191,43 +182,55 @@ def plot_heatmap(hm: dict, title: str, path: str) -> None:
     plt.close(fig)
 
 
+def image_id(result) -> str:
+    """The image's id, or its file name without extension."""
+    return str(result.metainfo.get('img_id', osp.splitext(osp.basename(result.img_path))[0]))
+
+
+def write_heatmap(hm: dict, result, heatmap_box: int, classes, out_dir: str) -> str:
+    """``<out_dir>/heatmap_<img_id>.png`` of ``heatmap_data``'s output; returns its path."""
+    cls = classes[hm['label']] if classes else hm['label']
+    title = (f'image {image_id(result)}: f around detection #{heatmap_box} ({cls}, score {hm["score"]:.2f}); '
+             f'f at the refined box {hm["ebm_score"]:.3f}')
+    path = osp.join(out_dir, f'heatmap_{image_id(result)}.png')
+    plot_heatmap(hm, title, path)
+    return path
+
+
+def write_picture(result, score_thr: float, out_dir: str) -> str:
+    """``<out_dir>/refine_<img_id>.png``: the original image with GT, the detector's and the refined
+    boxes of the detections scoring at least ``score_thr``; returns its path."""
+    import mmcv
+    from mmdet.structures.bbox import get_box_tensor
+    pred = result.pred_instances
+    keep = (pred.scores >= score_thr).cpu()
+    # GT in original-image pixels: mmdet's test pipelines load annotations after Resize
+    gt = get_box_tensor(result.gt_instances.bboxes).cpu() if 'gt_instances' in result else np.zeros((0, 4))
+    image = mmcv.imread(result.img_path, channel_order='rgb')
+    drawn = draw_refinement(image, gt, pred.bboxes_init.cpu()[keep], pred.bboxes.cpu()[keep])
+    path = osp.join(out_dir, f'refine_{image_id(result)}.png')
+    mmcv.imwrite(mmcv.rgb2bgr(drawn), path)
+    return path
+
+
 def main(argv=None) -> dict:
     """Writes the pictures and returns {'paths': [...], 'heatmap': heatmap_data(...)}."""
     args = parse_args(argv)
     if args.images < 1:
         raise ValueError('--images must be at least 1')
-    import mmcv
-    from mmdet.structures.bbox import get_box_tensor
     from mmengine.config import Config
     cfg = Config.fromfile(args.config)  # imports the config's custom_imports
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    model = build_model(cfg, args.checkpoint)
+    model = build_model(cfg, args.checkpoint, args.device)
     classes = (cfg[f'{args.split}_dataloader'].dataset.get('metainfo') or {}).get('classes')
     os.makedirs(args.out_dir, exist_ok=True)
     paths, hm = [], None
-    for data, results in predict_batches(model, cfg, args.split, args.images):
+    for results, feats in detect_batches(model, cfg, args.split, args.images):
         if hm is None:
-            hm = heatmap_data(model, data, results[0], args.heatmap_box)
-            r = results[0]
-            img_id = r.metainfo.get('img_id', osp.splitext(osp.basename(r.img_path))[0])
-            cls = classes[hm['label']] if classes else hm['label']
-            title = (f'image {img_id}: f around detection #{args.heatmap_box} ({cls}, score {hm["score"]:.2f}); '
-                     f'f at the refined box {hm["ebm_score"]:.3f}')
-            path = osp.join(args.out_dir, f'heatmap_{img_id}.png')
-            plot_heatmap(hm, title, path)
-            paths.append(path)
-        for r in results:
-            pred = r.pred_instances
-            keep = (pred.scores >= args.score_thr).cpu()
-            # GT in original-image pixels: mmdet's test pipelines load annotations after Resize
-            gt = get_box_tensor(r.gt_instances.bboxes).cpu() if 'gt_instances' in r else np.zeros((0, 4))
-            image = mmcv.imread(r.img_path, channel_order='rgb')
-            drawn = draw_refinement(image, gt, pred.bboxes_init.cpu()[keep], pred.bboxes.cpu()[keep])
-            img_id = r.metainfo.get('img_id', osp.splitext(osp.basename(r.img_path))[0])
-            path = osp.join(args.out_dir, f'refine_{img_id}.png')
-            mmcv.imwrite(mmcv.rgb2bgr(drawn), path)
-            paths.append(path)
+            hm = heatmap_data(model, feats, results[0], args.heatmap_box)
+            paths.append(write_heatmap(hm, results[0], args.heatmap_box, classes, args.out_dir))
+        paths += [write_picture(r, args.score_thr, args.out_dir) for r in results]
     for path in paths:
         print(f'wrote {path}')
     return dict(paths=paths, heatmap=hm)

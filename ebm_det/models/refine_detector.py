@@ -157,6 +157,30 @@ class EBMRefineDetector(BaseDetector):
             raise RuntimeError(f'{type(self).__name__}: detector_checkpoint {path!r} does not fit the detector '
                                f'config ({type(self.detector).__name__}): {err}') from err
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """A checkpoint of the wrapper loads completely or not at all, however it is loaded.
+
+        ``mmdet.apis.init_detector``, ``DetInferencer`` and mmdet3d's ``init_model`` load
+        non-strictly, which would leave a missing or mis-shaped weight (say, the whole EBM head)
+        random after a mere log line, and refined boxes would look like results. Raises
+        RuntimeError naming the missing, unexpected and mis-shaped weights. (The inner detector's
+        own ``detector_checkpoint`` is loaded into ``self.detector`` by ``init_weights``, not here.)
+        """
+        own = {prefix + k: v for k, v in self.state_dict().items()}
+        problems = dict(
+            missing=[k for k in own if k not in state_dict and not k.endswith('num_batches_tracked')],
+            unexpected=[k for k in state_dict if k.startswith(prefix) and k not in own],
+            mis_shaped=[k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)])
+        problems = {kind: keys for kind, keys in problems.items() if keys}
+        if problems:
+            found = '; '.join(f'{kind}: {", ".join(keys[:5])}{" ..." if len(keys) > 5 else ""} ({len(keys)})'
+                              for kind, keys in problems.items())
+            raise RuntimeError(f'the checkpoint does not fit this {type(self).__name__} config, so some weights would '
+                               f'stay random: {found}. A plain detector checkpoint goes to model.detector_checkpoint.')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.freeze_detector:

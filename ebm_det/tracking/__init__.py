@@ -1,18 +1,16 @@
-"""Tracking with EBM box refinement: a refiner for any tracker, mmdet MOT trackers/models that
-refine track boxes before association, MOT / single-object metrics.
+"""Tracking with EBM box refinement: a refiner for any tracker, and mmdet MOT trackers/models that
+refine track boxes (and, with an ``EBMRefineDetector``, detections) before association.
 
 ``import ebm_det.tracking`` registers ``EBMByteTracker``, ``EBMSORTTracker``, ``EBMByteTrack`` and
-``EBMDeepSORT`` in mmdet's MODELS registry.
+``EBMDeepSORT`` in mmdet's MODELS registry. The tracking benchmark's scores (mmdet's
+``MOTChallengeMetric``, a motmetrics cross-check, OPE success AUC) live beside it in
+``tools/benchmarks/tracking_*.py``.
 """
-from .metrics import (box_iou_xyxy, evaluate_mot, evaluate_mot_arrays, motmetrics_summary, success_auc,
-                      success_curve)
 from .mot import EBMByteTrack, EBMDeepSORT, EBMTrackingMixin
 from .refiner import EBMBoxRefiner
-from .sot import ConstantVelocityTracker
 from .trackers import EBMByteTracker, EBMSORTTracker, EBMTrackRefineMixin
 
 __all__ = [
     'EBMBoxRefiner', 'EBMByteTracker', 'EBMSORTTracker', 'EBMTrackRefineMixin', 'EBMByteTrack', 'EBMDeepSORT',
-    'EBMTrackingMixin', 'ConstantVelocityTracker', 'evaluate_mot', 'evaluate_mot_arrays', 'motmetrics_summary',
-    'success_auc', 'success_curve', 'box_iou_xyxy'
+    'EBMTrackingMixin'
 ]

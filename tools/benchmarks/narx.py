@@ -8,9 +8,9 @@ System (Chen et al. 1990's nonlinear benchmark, with non-Gaussian equation noise
 
 so p(y_t | past) is bimodal. Model: an EBM p(y_t | y_{t-1..t-na}, u_{t-1..t-nb}) =
 exp f(x_t, y_t) / Z(x_t), f the same MLP as the 1-D toys (``toy_1d.EnergyNet``), trained by NCE
-(M = 512, GMMNoise sigma = {0.1, 0.2, 0.8}) through ``ebm_det.core.ebm_loss``. Baseline: an MLP on
-the same regressors trained by MSE, with a Gaussian of the training-residual variance as its
-predictive density.
+(``ebm_det.core.NCELoss``, M = 512, GMMNoise sigma = {0.1, 0.2, 0.8}) or NCE+ (``NCEPlusLoss``).
+Baseline: an MLP on the same regressors trained by MSE, with a Gaussian of the training-residual
+variance as its predictive density.
 
 Point prediction from the EBM: the argmax of f on a coarse y-grid, refined by
 ``refine_by_gradient_ascent`` (the mode); the EBM density's mean is reported too. Metrics on a
@@ -23,7 +23,6 @@ MLP: mean +- 1.645 sigma). The "true model" row uses the known f and noise densi
 The functions ``make_data``, ``train`` and ``evaluate`` are reused by tests with small settings.
 """
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -34,35 +33,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from ebm_det.core import GMMNoise, refine_by_gradient_ascent
 
-from ebm_det.core import GMMNoise, ebm_loss, refine_by_gradient_ascent  # noqa: E402
-
-
-def _load_toy():
-    spec = importlib.util.spec_from_file_location('_ebm_toy_1d', os.path.join(os.path.dirname(__file__), 'toy_1d.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-class NarxEnergy(_load_toy().EnergyNet):
-    """``toy_1d.EnergyNet`` with y standardised at its input (y here spans about +-5)."""
-
-    def __init__(self, x_dim: int, hidden: int, y_mean: float = 0.0, y_std: float = 1.0) -> None:
-        super().__init__(x_dim, 1, hidden)
-        self.register_buffer('y_mean', torch.tensor(float(y_mean)))
-        self.register_buffer('y_std', torch.tensor(float(y_std)))
-
-    def score(self, feat: Tensor, y: Tensor) -> Tensor:
-        return super().score(feat, (y - self.y_mean) / self.y_std)
+import toy_1d  # the sibling benchmark (this folder is on sys.path): EnergyNet, loss settings, training loop
 
 NOISE_W = (0.6, 0.4)
 NOISE_MU = (-0.2, 0.3)
 NOISE_SD = 0.08
-NA, NB = 2, 2
+NA, NB = 2, 2  # past outputs and inputs in a regressor
+U_MAX = 1.5  # u_t ~ U(-U_MAX, U_MAX)
+BURN_IN = 50  # simulated steps dropped before a sequence starts
+BATCH_SEED_OFFSET = 777  # the batch and sample generator is seeded with seed + this
+Y_GRID_MARGIN = 1.0  # the y-grids span the training targets plus this on both sides
+DENSITY_CHUNK = 128  # test inputs scored at once on the fine grid
+INTERVAL_LEVEL = 0.9  # central predictive interval whose coverage is reported
+Z_90 = 1.6448536  # the standard normal's 95% quantile: a Gaussian's central 90% is mean +- Z_90 sd
+MODELS = ('ebm', 'mlp')
+LOSSES = ('nce', 'nce_plus')  # keys of toy_1d.LOSS_SETTINGS: NCELoss, NCEPlusLoss
 
 DEFAULTS = dict(
     loss='nce',  # or 'nce_plus'
@@ -94,10 +81,10 @@ def noise_log_pdf(e):
     return np.logaddexp(*comps)
 
 
-def simulate(n: int, rng: np.random.Generator, burn_in: int = 50):
+def simulate(n: int, rng: np.random.Generator, burn_in: int = BURN_IN):
     """u (n,), y (n,), mean (n,): inputs, outputs and each y_t's noise-free part."""
     total = n + burn_in
-    u = rng.uniform(-1.5, 1.5, total)
+    u = rng.uniform(-U_MAX, U_MAX, total)
     comp = rng.random(total) < NOISE_W[0]
     e = np.where(comp, NOISE_MU[0], NOISE_MU[1]) + NOISE_SD * rng.standard_normal(total)
     y, mean = np.zeros(total), np.zeros(total)
@@ -136,7 +123,21 @@ def make_data(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dict[str
 
 
 # ---------------------------------------------------------------------------------- models
+class NarxEnergy(toy_1d.EnergyNet):
+    """``toy_1d.EnergyNet`` with y standardised at its input (y here spans about +-5)."""
+
+    def __init__(self, x_dim: int, hidden: int, y_mean: float = 0.0, y_std: float = 1.0) -> None:
+        super().__init__(x_dim, 1, hidden)
+        self.register_buffer('y_mean', torch.tensor(float(y_mean)))
+        self.register_buffer('y_std', torch.tensor(float(y_std)))
+
+    def score(self, feat: Tensor, y: Tensor) -> Tensor:
+        return super().score(feat, (y - self.y_mean) / self.y_std)
+
+
 class MLP(nn.Module):
+    """x -> 64 -> 64 -> 64 -> the mean of y; ``res_var`` holds the training residuals' variance."""
+
     def __init__(self, x_dim: int = NA + NB, hidden: int = 64) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -147,54 +148,46 @@ class MLP(nn.Module):
         return self.net(x)[:, 0]
 
 
+def mse_objective(model: MLP, x: Tensor, y: Tensor) -> Tensor:
+    return ((model(x) - y[:, 0])**2).mean()
+
+
+def ebm_objective(cfg: dict, generator: torch.Generator) -> toy_1d.Objective:
+    """NCE or NCE+ (``cfg['loss']``) with M = ``cfg['num_samples']`` on the GMM of ``cfg['sigmas']``."""
+    if cfg['loss'] not in LOSSES:
+        raise ValueError(f"unknown NARX loss {cfg['loss']!r}; choose one of {LOSSES}")
+    loss = toy_1d.build_method_loss(cfg['loss'], cfg)
+    return toy_1d.ebm_objective(loss, GMMNoise(list(cfg['sigmas'])), generator)
+
+
 def train(method: str, x: Tensor, y: Tensor, seed: int = 0, log_every: int = 0, **overrides) -> nn.Module:
     """'ebm' (trained by ``cfg['loss']``: 'nce' or 'nce_plus') or 'mlp' (MSE); returns the model."""
     cfg = dict(DEFAULTS, **overrides)
+    if method not in MODELS:
+        raise ValueError(f"unknown NARX model '{method}'; choose one of {MODELS}")
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed + 777)
+    gen = torch.Generator().manual_seed(seed + BATCH_SEED_OFFSET)
     if method == 'ebm':
-        model = NarxEnergy(x.shape[1], cfg['hidden'], float(y.mean()), float(y.std()) if cfg['scale_y'] else 1.0)
-    else:
-        model = MLP(x.shape[1], cfg['hidden'])
-    opt = torch.optim.Adam(model.parameters(), lr=cfg['lr'])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg['iters'], eta_min=0.05 * cfg['lr'])
-    noise = GMMNoise(list(cfg['sigmas']))
-    for it in range(cfg['iters']):
-        idx = torch.randint(len(x), (cfg['batch'], ), generator=gen)
-        xb, yb = x[idx], y[idx]
-        if method == 'ebm':
-            feat = model.features(xb)
-            loss = ebm_loss(cfg['loss'], lambda ys: model.score(feat, ys), yb, noise, num_samples=cfg['num_samples'],
-                            beta=cfg['beta'], generator=gen)
-        elif method == 'mlp':
-            loss = ((model(xb) - yb[:, 0])**2).mean()
-        else:
-            raise ValueError(f"unknown NARX model '{method}'; choose 'ebm' or 'mlp'")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log_every and (it + 1) % log_every == 0:
-            print(f'  {method} it {it + 1}: loss {loss.item():.4f}', flush=True)
-    if method == 'mlp':
-        with torch.no_grad():
-            model.res_var.fill_(float(((model(x) - y[:, 0])**2).mean()))
-    return model.eval()
+        y_std = float(y.std()) if cfg['scale_y'] else 1.0
+        model = NarxEnergy(x.shape[1], cfg['hidden'], float(y.mean()), y_std)
+        return toy_1d.fit(model, ebm_objective(cfg, gen), x, y, cfg, gen, method, log_every)
+    model = toy_1d.fit(MLP(x.shape[1], cfg['hidden']), mse_objective, x, y, cfg, gen, method, log_every)
+    with torch.no_grad():
+        model.res_var.fill_(float(((model(x) - y[:, 0])**2).mean()))
+    return model
 
 
 # ------------------------------------------------------------------------------ evaluation
 def y_grid(data, points: int) -> Tensor:
-    lo, hi = float(data['y_train'].min()) - 1.0, float(data['y_train'].max()) + 1.0
+    lo = float(data['y_train'].min()) - Y_GRID_MARGIN
+    hi = float(data['y_train'].max()) + Y_GRID_MARGIN
     return torch.linspace(lo, hi, points)
 
 
 @torch.no_grad()
-def ebm_grid_log_density(model: NarxEnergy, x: Tensor, grid: Tensor, chunk: int = 128) -> Tensor:
-    """log p(y | x) as a density (per unit y) on the grid, normalised there: (N, G)."""
-    feat = model.features(x)
-    f = torch.cat([model.score(feat[i:i + chunk], grid.expand(len(feat[i:i + chunk]), -1)[..., None])
-                   for i in range(0, len(feat), chunk)])
-    return torch.log_softmax(f, -1) - math.log(float(grid[1] - grid[0]))
+def ebm_grid_log_density(model: NarxEnergy, x: Tensor, grid: Tensor, chunk: int = DENSITY_CHUNK) -> Tensor:
+    """log p(y | x) as a density (per unit y) on the (G,) grid, normalised there: (N, G)."""
+    return torch.log_softmax(model.grid_scores(x, grid, chunk), -1) - math.log(float(grid[1] - grid[0]))
 
 
 def ebm_predict(model: NarxEnergy, x: Tensor, grid: Tensor, step_size: float, steps: int):
@@ -211,7 +204,7 @@ def ebm_predict(model: NarxEnergy, x: Tensor, grid: Tensor, step_size: float, st
     return init[:, 0], res.boxes[:, 0]
 
 
-def _interval_coverage(log_dens: Tensor, grid: Tensor, y: Tensor, level: float = 0.9):
+def _interval_coverage(log_dens: Tensor, grid: Tensor, y: Tensor, level: float = INTERVAL_LEVEL):
     """Coverage and mean width of the central ``level`` interval of grid densities (N, G)."""
     cdf = torch.cumsum(log_dens.exp() * float(grid[1] - grid[0]), -1)
     cdf = cdf / cdf[:, -1:]
@@ -230,35 +223,51 @@ def _interp_log_density(log_dens: Tensor, grid: Tensor, y: Tensor) -> Tensor:
     return (1 - w) * log_dens[rows, i0] + w * log_dens[rows, i0 + 1]
 
 
-def evaluate(ebm: NarxEnergy, mlp: MLP, data, **overrides) -> Dict[str, Dict[str, float]]:
-    """One-step-ahead metrics on the test sequence for the EBM, the MLP and the true model."""
-    cfg = dict(DEFAULTS, **overrides)
+def _rmse(pred: Tensor, y: Tensor) -> float:
+    return float(((pred - y)**2).mean().sqrt())
+
+
+def ebm_metrics(ebm: NarxEnergy, data, cfg: dict) -> Dict[str, Dict[str, float]]:
+    """The EBM's rows: its mode and its density mean as point predictions, one density."""
     x, y = data['x_test'], data['y_test'][:, 0]
     grid = y_grid(data, cfg['grid_points'])
-    rmse = lambda p: float(((p - y)**2).mean().sqrt())  # noqa: E731
-    res = {}
     log_dens = ebm_grid_log_density(ebm, x, grid)
     _, mode = ebm_predict(ebm, x, y_grid(data, cfg['coarse_points']), cfg['step_size'], cfg['refine_steps'])
     cov, width = _interval_coverage(log_dens, grid, y)
     nll = float(-_interp_log_density(log_dens, grid, y).mean())
     mean = (log_dens.exp() * grid).sum(-1) / log_dens.exp().sum(-1)
-    res['EBM, mode (grid + gradient ascent)'] = dict(rmse=rmse(mode), nll=nll, coverage90=cov, width90=width)
-    res['EBM, density mean'] = dict(rmse=rmse(mean), nll=nll, coverage90=cov, width90=width)
+    density = dict(nll=nll, coverage90=cov, width90=width)
+    return {'EBM, mode (grid + gradient ascent)': dict(rmse=_rmse(mode, y), **density),
+            'EBM, density mean': dict(rmse=_rmse(mean, y), **density)}
+
+
+def mlp_metrics(mlp: MLP, data) -> Dict[str, float]:
+    """The MLP's mean with a Gaussian of its training-residual variance."""
+    x, y = data['x_test'], data['y_test'][:, 0]
     with torch.no_grad():
         pred = mlp(x)
     var = float(mlp.res_var)
-    z = 1.6448536
-    res['MLP (MSE) + Gaussian(residual var)'] = dict(
-        rmse=rmse(pred), nll=float((0.5 * (y - pred)**2 / var + 0.5 * math.log(2 * math.pi * var)).mean()),
-        coverage90=float(((y - pred).abs() <= z * math.sqrt(var)).float().mean()), width90=2 * z * math.sqrt(var))
-    # the data-generating model: the noise-free part plus the noise's mean (0) for RMSE
-    e = (y - data['mean_test']).double().numpy()
-    res['true model (oracle)'] = dict(rmse=float(np.sqrt(np.mean(e**2))), nll=float(-noise_log_pdf(e).mean()),
-                                      coverage90=float('nan'), width90=float('nan'))
+    half_width = Z_90 * math.sqrt(var)
+    return dict(rmse=_rmse(pred, y), nll=float((0.5 * (y - pred)**2 / var + 0.5 * math.log(2 * math.pi * var)).mean()),
+                coverage90=float(((y - pred).abs() <= half_width).float().mean()), width90=2 * half_width)
+
+
+def oracle_metrics(data) -> Dict[str, float]:
+    """The data-generating model: the noise-free part plus the noise's mean (0) for RMSE."""
+    e = (data['y_test'][:, 0] - data['mean_test']).double().numpy()
+    return dict(rmse=float(np.sqrt(np.mean(e**2))), nll=float(-noise_log_pdf(e).mean()), coverage90=float('nan'),
+                width90=float('nan'))
+
+
+def evaluate(ebm: NarxEnergy, mlp: MLP, data, **overrides) -> Dict[str, Dict[str, float]]:
+    """One-step-ahead metrics on the test sequence for the EBM, the MLP and the true model."""
+    cfg = dict(DEFAULTS, **overrides)
+    res = ebm_metrics(ebm, data, cfg)
+    res['MLP (MSE) + Gaussian(residual var)'] = mlp_metrics(mlp, data)
+    res['true model (oracle)'] = oracle_metrics(data)
     return res
 
 
-# ------------------------------------------------------------------------------------ main
 def markdown_table(res) -> str:
     lines = ['| model | one-step RMSE | test NLL | 90% interval coverage | mean 90% width |', '|---|---|---|---|---|']
     for name, m in res.items():
@@ -268,7 +277,57 @@ def markdown_table(res) -> str:
     return '\n'.join(lines)
 
 
-def plot(ebm, mlp, data, path, window=(0, 80), **overrides) -> bool:
+# --------------------------------------------------------------------------------- figure
+PLOT_WINDOW = (0, 80)  # test steps drawn over time
+PLOT_STEPS = (5, 40, 70)  # steps (within the window) whose densities are drawn side by side
+PLOT_SPACING = 2.0  # horizontal offset between those densities
+PLOT_Y_MARGIN = 0.6  # the top panel's y-range: the observed y plus this
+PLOT_LABEL_Y = 2.6  # height of the bottom panel's 't = ...' labels (density units)
+PLOT_FIGSIZE = (11, 7)
+PLOT_DPI = 80
+
+
+def _plot_over_time(ax, dens: np.ndarray, grid: Tensor, y: Tensor, pred: np.ndarray, sd: float, window) -> None:
+    """The EBM's predictive density per step (image), the observed y and the MLP's band."""
+    s, e = window
+    t = np.arange(s, e)
+    lo, hi = float(y.min()) - PLOT_Y_MARGIN, float(y.max()) + PLOT_Y_MARGIN
+    keep = (grid >= lo) & (grid <= hi)
+    ax.imshow(dens[:, keep.numpy()].T, origin='lower', aspect='auto', cmap='Blues',
+              extent=(s - 0.5, e - 0.5, float(grid[keep][0]), float(grid[keep][-1])))
+    ax.plot(t, y.numpy(), 'k.', ms=4, label='true $y_t$')
+    ax.fill_between(t, pred - Z_90 * sd, pred + Z_90 * sd, color='C1', alpha=0.15, label=f'MLP ±{Z_90:.3f}σ')
+    ax.plot(t, pred, 'C1-', lw=0.8, label='MLP mean')
+    ax.set_xlabel('test time step t')
+    ax.set_ylabel('y')
+    ax.set_title('one-step-ahead predictive density of the EBM (blue) vs truth (dots) and the MLP-Gaussian')
+    ax.legend(fontsize=8, loc='upper right')
+
+
+def _plot_conditionals(ax, dens: np.ndarray, grid: Tensor, y: Tensor, mean_t: np.ndarray, pred: np.ndarray, sd: float,
+                       start: int) -> None:
+    """A few individual predictive densities vs the true conditional density, each centred on its
+    noise-free value."""
+    g = grid.numpy()
+    for k, i in enumerate(PLOT_STEPS):
+        shift = PLOT_SPACING * k
+        true = np.exp(noise_log_pdf(g - mean_t[i]))
+        off = float(mean_t[i])
+        ax.plot(g - off + shift, true, 'k-', lw=1, label='true' if k == 0 else None)
+        ax.plot(g - off + shift, dens[i], 'C0-', lw=1, label='EBM' if k == 0 else None)
+        gauss = np.exp(-0.5 * ((g - pred[i]) / sd)**2) / (sd * math.sqrt(2 * math.pi))
+        ax.plot(g - off + shift, gauss, 'C1--', lw=1, label='MLP Gaussian' if k == 0 else None)
+        ax.axvline(float(y[i]) - off + shift, color='k', ls=':', lw=0.8)
+        ax.text(shift + 0.35, PLOT_LABEL_Y, f't = {start + i}', fontsize=8)
+    ax.set_xlim(-PLOT_SPACING / 2, PLOT_SPACING * (len(PLOT_STEPS) - 0.5))
+    ax.set_xticks([])
+    ax.set_ylabel('p(y_t | past)')
+    steps = ', '.join(str(start + i) for i in PLOT_STEPS)
+    ax.set_title(f'p(y_t | past) at t = {steps} (centred on the noise-free value; dotted: observed y_t)', fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def plot(ebm, mlp, data, path, window=PLOT_WINDOW, **overrides) -> bool:
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -284,52 +343,49 @@ def plot(ebm, mlp, data, path, window=(0, 80), **overrides) -> bool:
     with torch.no_grad():
         pred = mlp(x).numpy()
     sd = math.sqrt(float(mlp.res_var))
-    t = np.arange(s, e)
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7), gridspec_kw=dict(height_ratios=[2, 1]))
-    ax = axes[0]
-    lo, hi = float(y.min()) - 0.6, float(y.max()) + 0.6
-    keep = (grid >= lo) & (grid <= hi)
-    ax.imshow(dens[:, keep.numpy()].T, origin='lower', aspect='auto', cmap='Blues',
-              extent=(s - 0.5, e - 0.5, float(grid[keep][0]), float(grid[keep][-1])))
-    ax.plot(t, y.numpy(), 'k.', ms=4, label='true $y_t$')
-    ax.fill_between(t, pred - 1.645 * sd, pred + 1.645 * sd, color='C1', alpha=0.15, label='MLP ±1.645σ')
-    ax.plot(t, pred, 'C1-', lw=0.8, label='MLP mean')
-    ax.set_xlabel('test time step t')
-    ax.set_ylabel('y')
-    ax.set_title('one-step-ahead predictive density of the EBM (blue) vs truth (dots) and the MLP-Gaussian')
-    ax.legend(fontsize=8, loc='upper right')
-    # bottom: a few individual predictive densities vs the true conditional density
-    ax = axes[1]
-    mean_t = data['mean_test'][s:e].numpy()
-    g = grid.numpy()
-    for k, i in enumerate((5, 40, 70)):
-        true = np.exp(noise_log_pdf(g - mean_t[i]))
-        off = float(mean_t[i])
-        ax.plot(g - off + 2.0 * k, true, 'k-', lw=1, label='true' if k == 0 else None)
-        ax.plot(g - off + 2.0 * k, dens[i], 'C0-', lw=1, label='EBM' if k == 0 else None)
-        gauss = np.exp(-0.5 * ((g - pred[i]) / sd)**2) / (sd * math.sqrt(2 * math.pi))
-        ax.plot(g - off + 2.0 * k, gauss, 'C1--', lw=1, label='MLP Gaussian' if k == 0 else None)
-        ax.axvline(float(y[i]) - off + 2.0 * k, color='k', ls=':', lw=0.8)
-        ax.text(2.0 * k + 0.35, 2.6, f't = {s + i}', fontsize=8)
-    ax.set_xlim(-1.0, 5.0)
-    ax.set_xticks([])
-    ax.set_ylabel('p(y_t | past)')
-    ax.set_title('p(y_t | past) at t = 5, 40, 70 (centred on the noise-free value; dotted: observed y_t)', fontsize=9)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, 1, figsize=PLOT_FIGSIZE, gridspec_kw=dict(height_ratios=[2, 1]))
+    _plot_over_time(axes[0], dens, grid, y, pred, sd, window)
+    _plot_conditionals(axes[1], dens, grid, y, data['mean_test'][s:e].numpy(), pred, sd, s)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
     return True
 
 
-def main(argv=None):
+# ------------------------------------------------------------------------------------ main
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--iters', type=int, default=DEFAULTS['iters'])
-    ap.add_argument('--loss', default=DEFAULTS['loss'], choices=('nce', 'nce_plus'))
+    ap.add_argument('--loss', default=DEFAULTS['loss'], choices=LOSSES)
     ap.add_argument('--num-samples', type=int, default=DEFAULTS['num_samples'])
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default='docs/figures')
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def write_report(path: str, args: argparse.Namespace, table: str, command: str, minutes: float,
+                 has_fig: bool) -> None:
+    loss_name = toy_1d.LABELS[args.loss]
+    with open(path, 'w') as fh:
+        fh.write('# Deep energy-based NARX: one-step-ahead prediction with bimodal process noise\n\n')
+        fh.write('System: y_t = (0.8 - 0.5 exp(-y_{t-1}²)) y_{t-1} - (0.3 + 0.9 exp(-y_{t-1}²)) y_{t-2} + u_{t-1} '
+                 '+ 0.2 u_{t-2} + 0.1 u_{t-1} u_{t-2} + e_t, u_t ~ U(-1.5, 1.5), '
+                 'e_t ~ 0.6 N(-0.2, 0.08²) + 0.4 N(0.3, 0.08²). na = nb = 2; 2000 training and 500 test steps '
+                 f'(seed {args.seed}). EBM trained by {loss_name} '
+                 f'(M = {args.num_samples}, sigma = {list(DEFAULTS["sigmas"])}), the MLP by MSE, both '
+                 f'{args.iters} Adam steps.\n\n')
+        fh.write(table + '\n\n')
+        fh.write('The EBM mode is the most likely value of a bimodal density, not its mean, so its RMSE is '
+                 'above the MSE-trained MLP\'s by construction; the EBM density mean matches the MLP. NLL is per '
+                 f'step, nats (EBM: f normalised on a {DEFAULTS["grid_points"]}-point y-grid, interpolated at '
+                 'y_t).\n\n')
+        fh.write(f'Command (CPU, one thread, {minutes:.1f} min):\n\n    {command}\n')
+        if has_fig:
+            fh.write('\n![predictive density over time](narx.png)\n')
+
+
+def main(argv=None):
+    args = parse_args(argv)
     torch.set_num_threads(1)  # small nets: more threads only fight on shared cores
     over = dict(iters=args.iters, loss=args.loss, num_samples=args.num_samples)
     t0 = time.time()
@@ -342,22 +398,8 @@ def main(argv=None):
     print(table)
     os.makedirs(args.out, exist_ok=True)
     has_fig = plot(ebm, mlp, data, os.path.join(args.out, 'narx.png'), **over)
-    cmd = 'python tools/benchmarks/narx.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
-    with open(os.path.join(args.out, 'narx.md'), 'w') as fh:
-        fh.write('# Deep energy-based NARX: one-step-ahead prediction with bimodal process noise\n\n')
-        fh.write('System: y_t = (0.8 - 0.5 exp(-y_{t-1}²)) y_{t-1} - (0.3 + 0.9 exp(-y_{t-1}²)) y_{t-2} + u_{t-1} '
-                 '+ 0.2 u_{t-2} + 0.1 u_{t-1} u_{t-2} + e_t, u_t ~ U(-1.5, 1.5), '
-                 'e_t ~ 0.6 N(-0.2, 0.08²) + 0.4 N(0.3, 0.08²). na = nb = 2; 2000 training and 500 test steps '
-                 f'(seed {args.seed}). EBM trained by {args.loss.upper().replace("_PLUS", "+")} '
-                 f'(M = {args.num_samples}, sigma = {list(DEFAULTS["sigmas"])}), the MLP by MSE, both '
-                 f'{args.iters} Adam steps.\n\n')
-        fh.write(table + '\n\n')
-        fh.write('The EBM mode is the most likely value of a bimodal density, not its mean, so its RMSE is '
-                 'above the MSE-trained MLP\'s by construction; the EBM density mean matches the MLP. NLL is per '
-                 'step, nats (EBM: f normalised on a 1024-point y-grid, interpolated at y_t).\n\n')
-        fh.write(f'Command (CPU, one thread, {minutes:.1f} min):\n\n    {cmd.strip()}\n')
-        if has_fig:
-            fh.write('\n![predictive density over time](narx.png)\n')
+    command = 'python tools/benchmarks/narx.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    write_report(os.path.join(args.out, 'narx.md'), args, table, command.strip(), minutes, has_fig)
     return res
 
 

@@ -10,7 +10,9 @@
 3. training overhead: an NCE+ EBM train step (frozen detector's features, M = 128 samples per
    GT box, 10 GT boxes per image) against a plain Faster R-CNN train step.
 4. memory: peak memory of refining N boxes (100 -> 10,000), unchunked and chunked.
-Weights are random: only time and memory are measured.
+Weights are random: only time and memory are measured. Models come from the stack's own
+``mmdet.apis.init_detector`` / ``mmdet3d.apis.init_model``; one refinement is
+``ebm_det.core.refine_boxes`` (select -> T gradient steps -> clip), as in the detectors.
 """
 import argparse
 import json
@@ -22,7 +24,22 @@ from pathlib import Path
 
 import torch
 
+from ebm_det.core import RefineConfig, refine_boxes
+
 ROOT = Path(__file__).resolve().parents[2]
+NUM_CLASSES = 80  # COCO: the random boxes' labels and the memory test's head
+IMAGE_SIZE = (800, 1344)  # (h, w): 800x1333 padded to a multiple of 32
+GT_PER_IMAGE = 10
+STEPS = 10  # T
+BOXES_PER_IMAGE = 100
+BOXES_PER_FRAME = 50  # PointPillars
+CLOUD_POINTS = 120000  # a KITTI-size cloud
+KITTI_RANGE = ((0.0, -39.68, -3.0, 0.0), (69.12, 39.68, 1.0, 1.0))  # (x, y, z, intensity) low, high
+CAR_SIZE = (3.9, 1.6, 1.56)  # (l, w, h) metres, the random 3D boxes' mean size
+MEMORY_COUNTS = (100, 1000, 3000, 10000)
+MEMORY_CHUNK = 1000
+MEMORY_STEPS = 2
+MEMORY_POLL_S = 0.002
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -40,18 +57,22 @@ def timed(fn, repeats: int, device: str) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def build_detector(config: str, device: str, scope: str = 'mmdet'):
-    import ebm_det  # noqa: F401
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-    cfg = Config.fromfile(str(ROOT / 'configs' / config))
-    init_default_scope(scope)
-    model = MODELS.build(cfg.model)
-    model.init_weights = lambda: None
-    return model.to(device).eval()
+def build_detector(config: str, device: str, lidar: bool = False):
+    """``configs/<config>`` with random weights (no checkpoint; ``init_weights`` is not called, so
+    nothing is downloaded), in eval mode on ``device``: ``init_detector``, or mmdet3d's
+    ``init_model`` for a LiDAR config."""
+    import ebm_det  # noqa: F401  (registers the modules)
+    if device == 'cuda':
+        device = f'cuda:{torch.cuda.current_device()}'  # init_model's torch.cuda.set_device needs an index
+    if lidar:
+        from mmdet3d.apis import init_model
+        return init_model(str(ROOT / 'configs' / config), device=device)
+    from mmdet.apis import init_detector
+    return init_detector(str(ROOT / 'configs' / config), device=device)
 
 
-def fake_batch(batch: int, device: str, h: int = 800, w: int = 1344, gt_per_img: int = 10):
+def fake_batch(batch: int, device: str, h: int = IMAGE_SIZE[0], w: int = IMAGE_SIZE[1],
+               gt_per_img: int = GT_PER_IMAGE):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
     g = torch.Generator().manual_seed(0)
@@ -62,7 +83,7 @@ def fake_batch(batch: int, device: str, h: int = 800, w: int = 1344, gt_per_img:
         xy = torch.rand(gt_per_img, 2, generator=g) * torch.tensor([w - 200.0, h - 200.0])
         wh = 20 + torch.rand(gt_per_img, 2, generator=g) * 180
         s.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + wh], 1).to(device),
-                                      labels=torch.randint(80, (gt_per_img, ), generator=g).to(device))
+                                      labels=torch.randint(NUM_CLASSES, (gt_per_img, ), generator=g).to(device))
         samples.append(s)
     return torch.randn(batch, 3, h, w, generator=g).to(device), samples
 
@@ -73,7 +94,7 @@ def random_boxes(batch: int, per_img: int, h: int, w: int, device: str):
     wh = 16 + torch.rand(batch * per_img, 2, generator=g) * 280
     boxes = torch.cat([xy, xy + wh], 1).to(device)
     return boxes, torch.arange(batch, device=device).repeat_interleave(per_img), torch.randint(
-        80, (batch * per_img, ), generator=g).to(device)
+        NUM_CLASSES, (batch * per_img, ), generator=g).to(device)
 
 
 def _row(detector: str, batch: int, n: int, steps: int, t_det: float, t_ref: float, t_fwd: float) -> dict:
@@ -83,54 +104,66 @@ def _row(detector: str, batch: int, n: int, steps: int, t_det: float, t_ref: flo
     return row
 
 
-def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_img: int = 100, steps: int = 10):
+def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_img: int = BOXES_PER_IMAGE,
+                             steps: int = STEPS):
     wrapper = build_detector(config, device)
     head = wrapper.ebm_head
+    cfg = RefineConfig(num_steps=steps)
     rows = []
     for batch in (1, 2):
         inputs, samples = fake_batch(batch, device)
-        with torch.no_grad():
-            t_det = timed(lambda: wrapper.detector.predict(inputs, samples), repeats, device)
-            feats = wrapper.detector.extract_feat(inputs)
+        with torch.no_grad():  # the inner detector's own prediction (and, from the same pass, its features)
+            t_det = timed(lambda: wrapper.detect(inputs, samples, refine=False), repeats, device)
+            _, feats = wrapper.detect(inputs, samples, refine=False)
         boxes, bidx, labels = random_boxes(batch, boxes_per_img, inputs.shape[2], inputs.shape[3], device)
         shapes = torch.tensor([[inputs.shape[2], inputs.shape[3]]] * batch, device=device)
         with torch.no_grad():
-            t_ref = timed(lambda: head.refine(feats, boxes, bidx, labels, shapes, num_steps=steps), repeats, device)
+            t_ref = timed(lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg, img_shapes=shapes), repeats,
+                          device)
             fmaps = head.prepare_features(feats)
             levels = head.map_levels(boxes)
-            t_fwd = timed(lambda: head.score(fmaps, boxes, bidx, levels, labels), repeats, device)
+            t_fwd = timed(lambda: head.score(fmaps, boxes, bidx, labels, levels=levels), repeats, device)
         rows.append(_row(config.split('_ebm')[0], batch, len(boxes), steps, t_det, t_ref, t_fwd))
     return rows
 
 
-def bench_refine_vs_pointpillars(device: str, repeats: int, boxes_per_frame: int = 50, steps: int = 10,
-                                 points: int = 120000):
+def random_lidar_boxes(n: int, generator: torch.Generator, device: str):
+    """(n, 7) car-sized LiDAR boxes (x, y, z, l, w, h, yaw) spread over KITTI's range."""
+    lo, hi = torch.tensor(KITTI_RANGE[0][:3]), torch.tensor(KITTI_RANGE[1][:3])
+    xyz = lo + (hi - lo) * torch.rand(n, 3, generator=generator)
+    size = torch.tensor(CAR_SIZE) * (0.8 + 0.4 * torch.rand(n, 3, generator=generator))
+    yaw = (torch.rand(n, 1, generator=generator) * 2 - 1) * torch.pi
+    return torch.cat([xyz, size, yaw], 1).to(device)
+
+
+def bench_refine_vs_pointpillars(device: str, repeats: int, boxes_per_frame: int = BOXES_PER_FRAME,
+                                 steps: int = STEPS, points: int = CLOUD_POINTS):
     """The same for the full-scale PointPillars car config: a random cloud over KITTI's range."""
     from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
-    config = 'pointpillars_hv_secfpn_ebm-nce_kitti-3d-car.py'
-    wrapper = build_detector(config, device, scope='mmdet3d')
+    wrapper = build_detector('pointpillars_hv_secfpn_ebm-nce_kitti-3d-car.py', device, lidar=True)
     head = wrapper.ebm_head
+    cfg = RefineConfig(num_steps=steps)
     g = torch.Generator().manual_seed(0)
-    lo, hi = torch.tensor([0.0, -39.68, -3.0, 0.0]), torch.tensor([69.12, 39.68, 1.0, 1.0])
+    lo, hi = torch.tensor(KITTI_RANGE[0]), torch.tensor(KITTI_RANGE[1])
     rows = []
     for batch in (1, 2):
         clouds = [(lo + (hi - lo) * torch.rand(points, 4, generator=g)).to(device) for _ in range(batch)]
         samples = [Det3DDataSample(metainfo=dict(box_type_3d=LiDARInstance3DBoxes, sample_idx=i)) for i in range(batch)]
         data = dict(inputs=dict(points=clouds), data_samples=samples)
-        # the wrapper holds the detector's data preprocessor (voxelisation): part of its inference
+
+        def detect():  # the wrapper holds the detector's data preprocessor (voxelisation): part of its inference
+            pre = wrapper.data_preprocessor(data, False)
+            return wrapper.detect(pre['inputs'], pre['data_samples'], refine=False)
+
         with torch.no_grad():
-            t_det = timed(lambda: wrapper.detector.predict(*wrapper.data_preprocessor(data, False).values()), repeats,
-                          device)
-            feats = wrapper.detector.extract_feat(wrapper.data_preprocessor(data, False)['inputs'])
+            t_det = timed(detect, repeats, device)
+            _, feats = detect()
         n = batch * boxes_per_frame
-        xyz = lo[:3] + (hi[:3] - lo[:3]) * torch.rand(n, 3, generator=g)
-        size = torch.tensor([3.9, 1.6, 1.56]) * (0.8 + 0.4 * torch.rand(n, 3, generator=g))
-        yaw = (torch.rand(n, 1, generator=g) * 2 - 1) * torch.pi
-        boxes = torch.cat([xyz, size, yaw], 1).to(device)
+        boxes = random_lidar_boxes(n, g, device)
         bidx = torch.arange(batch, device=device).repeat_interleave(boxes_per_frame)
         labels = torch.zeros(n, dtype=torch.long, device=device)
         with torch.no_grad():
-            t_ref = timed(lambda: head.refine(feats, boxes, bidx, labels, num_steps=steps), repeats, device)
+            t_ref = timed(lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg), repeats, device)
             bev = head.prepare_features(feats)
             t_fwd = timed(lambda: head.score(bev, boxes, bidx, labels), repeats, device)
         rows.append(_row('pointpillars_kitti-3d-car', batch, n, steps, t_det, t_ref, t_fwd))
@@ -175,16 +208,18 @@ def _memory_child(n: int, chunk: int, device: str) -> None:
     allocation, or on CPU the peak resident set sampled every 2 ms by a thread."""
     import threading
     from ebm_det.models import EBMBoxHead
-    head = EBMBoxHead(num_classes=80, in_channels=256).to(device)
-    feats = [torch.randn(1, 256, 200 // s, 336 // s, device=device) for s in (1, 2, 4, 8)]
-    boxes, bidx, labels = random_boxes(1, n, 800, 1344, device)
-    shapes = torch.tensor([[800, 1344]], device=device)
+    head = EBMBoxHead(num_classes=NUM_CLASSES, in_channels=256).to(device)
+    h, w = IMAGE_SIZE
+    feats = [torch.randn(1, 256, h // 4 // s, w // 4 // s, device=device) for s in (1, 2, 4, 8)]  # P2-P5
+    boxes, bidx, labels = random_boxes(1, n, h, w, device)
+    shapes = torch.tensor([[h, w]], device=device)
+    cfg = RefineConfig(num_steps=MEMORY_STEPS, chunk_size=chunk or None)
     base, peak, done = _rss_mb(), [0.0], threading.Event()
 
     def poll():
         while not done.is_set():
             peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.002)
+            time.sleep(MEMORY_POLL_S)
 
     if device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -192,13 +227,15 @@ def _memory_child(n: int, chunk: int, device: str) -> None:
     else:
         threading.Thread(target=poll, daemon=True).start()
     with torch.no_grad():
-        head.refine(feats, boxes, bidx, labels, shapes, num_steps=2, chunk_size=chunk or None)
+        refine_boxes(head, feats, boxes, bidx, labels, cfg, img_shapes=shapes)
     done.set()
     used = torch.cuda.max_memory_allocated() / 2**20 - base if device == 'cuda' else max(peak[0], _rss_mb()) - base
     print(json.dumps(dict(boxes=n, chunk=chunk, peak_mb=used)))
 
 
-def bench_memory(device: str, counts=(100, 1000, 3000, 10000), chunk: int = 1000):
+def bench_memory(device: str, counts=MEMORY_COUNTS, chunk: int = MEMORY_CHUNK):
+    """Peak memory of refining each count of boxes, unchunked and in chunks of ``chunk``: one
+    subprocess per run (``--memory-child``), so no run sees another's allocations."""
     rows = []
     for c in (0, chunk):
         for n in counts:

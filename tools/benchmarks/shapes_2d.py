@@ -8,7 +8,9 @@ refinement on the generated shapes set, plus test-time variants, as a markdown t
 Trains through tools/demo.sh (skipping what its work dir already holds), then runs tools/test.py
 once per variant: the paper's settings, step sizes x10, and score fusion with f (rescore_weight);
 with --reduced-channels, also EBM heads with a 1x1 channel reduction (a speed lever), trained on
-the same frozen detector. Ends with the detector's and the refinement's time per image.
+the same frozen detector. Ends with the detector's and the refinement's time per image, measured
+on one ``detect`` pass (no refinement) followed by ``refine`` on its features, and the localisation
+of the same detections before and after refinement.
 """
 import argparse
 import json
@@ -26,9 +28,15 @@ VARIANTS = {
     'lambda x10': ['model.test_cfg.step_sizes=[8e-3,8e-3,3.2e-2,3.2e-2]'],
     'paper + score fusion w=0.5': ['model.test_cfg.rescore_weight=0.5'],
 }
+REDUCED_VARIANTS = 2  # the first variants, also tested with each --reduced-channels head
+TIMING_BATCHES = 25  # val batches timed in-process
+MATCH_SCORE = 0.3  # localisation: detections scoring at least this (detector's score) ...
+MATCH_IOU = 0.5  # ... whose initial box overlaps a GT box of their class at least this much
 
 
 def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict:
+    """COCO metrics (``coco/...`` refined, ``coco_init/...`` the detector's) of one tools/test.py run
+    of the EBM checkpoint in ``work/<ebm_dir>`` with ``options``."""
     out = work / f'metrics_{len(list(work.glob("metrics_*.json")))}.json'
     ann = f'{data}/annotations/instances_val.json'
     cmd = [sys.executable, 'tools/test.py', EBM_CFG, (work / ebm_dir / 'last_checkpoint').read_text().strip(),
@@ -42,31 +50,34 @@ def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict
     return metrics
 
 
-def time_refinement(work: Path, data: str, num_batches: int = 25) -> dict:
-    """Detector inference vs refinement time on the first val batches, in this process (no
-    evaluation or data loading inside the timed region)."""
-    import torch
+def load_model_and_batches(work: Path, data: str, num_batches: int):
+    """The trained EBM detector (``init_detector``, CPU) and its first ``num_batches`` preprocessed
+    test batches of ``data``."""
+    from mmdet.apis import init_detector
     from mmengine.config import Config
     from mmengine.runner import Runner
     cfg = Config.fromfile(str(ROOT / EBM_CFG))
-    cfg.work_dir = str(work / 'timing')
-    cfg.load_from = (work / 'ebm' / 'last_checkpoint').read_text().strip()
     cfg.test_dataloader.dataset.data_root = f'{data}/'
-    cfg.test_evaluator[0].ann_file = cfg.test_evaluator[1].metric.ann_file = f'{data}/annotations/instances_val.json'
-    runner = Runner.from_cfg(cfg)
-    runner.load_or_resume()
-    model = runner.model.eval()
-    batches = [model.data_preprocessor(b, False) for _, b in zip(range(num_batches), runner.test_dataloader)]
-    totals = dict(det=0.0, det_and_refine=0.0)
-    with torch.no_grad():
-        for key, fn in (('det', model.detector.predict), ('det_and_refine', model.predict)):
-            fn(batches[0]['inputs'], batches[0]['data_samples'])  # warm-up
-            t = time.perf_counter()
-            outputs = [fn(b['inputs'], b['data_samples']) for b in batches]
-            totals[key] = time.perf_counter() - t
-        results = [r for out in outputs for r in out]  # the refined pass's results
-    # localisation of the same detections before and after: each detection scoring >= 0.3 whose
-    # initial box overlaps a GT box of its class with IoU >= 0.5, against that GT box
+    model = init_detector(cfg, (work / 'ebm' / 'last_checkpoint').read_text().strip(), device='cpu')
+    loader = Runner.build_dataloader(cfg.test_dataloader)
+    return model, [model.data_preprocessor(b, False) for _, b in zip(range(num_batches), loader)]
+
+
+def timed_detect_and_refine(model, batch: dict):
+    """One ``detect`` pass without refinement, then ``refine`` on its features, then ``rescale``:
+    (results, detector seconds, refinement seconds)."""
+    t0 = time.perf_counter()
+    results, feats = model.detect(batch['inputs'], batch['data_samples'], rescale=False, refine=False)
+    t1 = time.perf_counter()
+    model.refine(feats, results)
+    t2 = time.perf_counter()
+    return model.rescale(results), t1 - t0, t2 - t1
+
+
+def localisation(results) -> dict:
+    """The same detections before and after refinement: each detection scoring >= MATCH_SCORE whose
+    initial box overlaps a GT box of its class with IoU >= MATCH_IOU, against that GT box."""
+    import torch
     from mmdet.structures.bbox import bbox_overlaps
     before, after = [], []
     for r in results:
@@ -74,20 +85,33 @@ def time_refinement(work: Path, data: str, num_batches: int = 25) -> dict:
         same = p.labels[:, None] == gt.labels[None]
         iou0 = torch.where(same, bbox_overlaps(p.bboxes_init, gt.bboxes), -1.0)
         best, j = iou0.max(1) if len(gt) else (torch.full_like(p.scores, -1.0), None)
-        keep = (p.scores_init >= 0.3) & (best >= 0.5)
+        keep = (p.scores_init >= MATCH_SCORE) & (best >= MATCH_IOU)
         if keep.any():
             before.append(best[keep])
             after.append(bbox_overlaps(p.bboxes[keep], gt.bboxes[j[keep]], is_aligned=True))
-    images = sum(len(b['data_samples']) for b in batches)
-    det_ms = 1000 * totals['det'] / images
-    refine_ms = 1000 * (totals['det_and_refine'] - totals['det']) / images
+    if not before:
+        return dict(matched=0, iou_before=float('nan'), iou_after=float('nan'), improved=float('nan'))
     before, after = torch.cat(before), torch.cat(after)
-    return dict(images=images, det_ms=det_ms, refine_ms=refine_ms, ratio=refine_ms / det_ms, matched=len(before),
-                iou_before=float(before.mean()), iou_after=float(after.mean()),
+    return dict(matched=len(before), iou_before=float(before.mean()), iou_after=float(after.mean()),
                 improved=float((after > before).float().mean()))
 
 
-def main() -> None:
+def time_refinement(work: Path, data: str, num_batches: int = TIMING_BATCHES) -> dict:
+    """Detector inference vs refinement time on the first val batches, in this process (no
+    evaluation or data loading inside the timed region), and the localisation of the refined pass."""
+    import torch
+    model, batches = load_model_and_batches(work, data, num_batches)
+    with torch.no_grad():  # refinement enables the gradients it needs
+        timed_detect_and_refine(model, batches[0])  # warm-up
+        passes = [timed_detect_and_refine(model, b) for b in batches]
+    images = sum(len(b['data_samples']) for b in batches)
+    det_ms = 1000 * sum(p[1] for p in passes) / images
+    refine_ms = 1000 * sum(p[2] for p in passes) / images
+    return dict(images=images, det_ms=det_ms, refine_ms=refine_ms, ratio=refine_ms / det_ms,
+                **localisation([r for p in passes for r in p[0]]))
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--det-iters', type=int, default=2400)
     parser.add_argument('--ebm-iters', type=int, default=600)
@@ -97,11 +121,55 @@ def main() -> None:
     parser.add_argument('--work', default='work_dirs/bench_2d')
     parser.add_argument('--out', default='docs/figures/shapes_2d.md')
     parser.add_argument('--reduced-channels', type=int, nargs='*', default=[],
-                        help='also train EBM heads with a 1x1 reduction to these channels (a speed lever) and test them')
-    args = parser.parse_args()
+                        help='also train EBM heads with a 1x1 reduction to these channels (a speed lever) and '
+                        'test them')
+    return parser.parse_args()
+
+
+def demo_env(args: argparse.Namespace) -> dict:
+    """tools/demo.sh's settings for this run."""
+    return dict(os.environ, DATA=args.data, WORK=args.work, NUM_TRAIN=str(args.num_train), NUM_VAL=str(args.num_val),
+                DET_ITERS=str(args.det_iters), EBM_ITERS=str(args.ebm_iters))
+
+
+def ap_row(label: str, metrics: dict, prefix: str = 'coco') -> str:
+    return f'| {label} | ' + ' | '.join(f"{100 * metrics[f'{prefix}/{k}']:.1f}" for k in KEYS) + ' |'
+
+
+def variant_rows(work: Path, data: str) -> list:
+    """The detector's AP row, then one row per test-time variant of the trained EBM."""
+    rows = []
+    for i, (name, options) in enumerate(VARIANTS.items()):
+        m = run_test(work, data, options)
+        if i == 0:
+            rows.append(ap_row('detector (before)', m, 'coco_init'))
+        rows.append(ap_row(f'refined: {name}', m))
+    return rows
+
+
+def reduced_channel_rows(work: Path, data: str, channels: int, env: dict) -> list:
+    """The speed lever: an EBM head with a 1x1 reduction to ``channels``, trained by tools/demo.sh on
+    the same frozen detector, then tested with the first variants."""
+    ebm_dir, option = f'ebm_reduced{channels}', f'model.ebm_head.reduced_channels={channels}'
+    subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT,
+                   env=dict(env, EBM_DIR=ebm_dir, EBM_OPTS=option, RUN_TEST='0'))
+    return [ap_row(f'refined, 1x1 reduction to {channels} ch: {name}',
+                   run_test(work, data, [option, *options], ebm_dir))
+            for name, options in list(VARIANTS.items())[:REDUCED_VARIANTS]]
+
+
+def timing_rows(t: dict) -> list:
+    return [f"Time per image ({t['images']} val images, batch 2, CPU threads {os.cpu_count()}): detector "
+            f"{t['det_ms']:.0f} ms, refinement (T=10) {t['refine_ms']:.0f} ms, ratio {t['ratio']:.2f}", '',
+            f"Localisation on the same images: {t['matched']} detections (score >= {MATCH_SCORE}, IoU >= {MATCH_IOU} "
+            f"with a GT box of their class): mean IoU {t['iou_before']:.3f} -> {t['iou_after']:.3f} after refinement; "
+            f"{100 * t['improved']:.0f}% of them improved"]
+
+
+def main() -> None:
+    args = parse_args()
     work = ROOT / args.work
-    env = dict(os.environ, DATA=args.data, WORK=args.work, NUM_TRAIN=str(args.num_train), NUM_VAL=str(args.num_val),
-               DET_ITERS=str(args.det_iters), EBM_ITERS=str(args.ebm_iters))
+    env = demo_env(args)
     t = time.time()
     subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
     train_s = time.time() - t
@@ -111,25 +179,10 @@ def main() -> None:
             f'outputs {args.work} already held)', '',
             '| boxes | ' + ' | '.join(k.replace('bbox_', '') for k in KEYS) + ' |',
             '|---|' + '---|' * len(KEYS)]
-    for i, (name, options) in enumerate(VARIANTS.items()):
-        m = run_test(work, args.data, options)
-        if i == 0:
-            rows.append('| detector (before) | ' + ' | '.join(f"{100 * m['coco_init/' + k]:.1f}" for k in KEYS) + ' |')
-        rows.append(f'| refined: {name} | ' + ' | '.join(f"{100 * m['coco/' + k]:.1f}" for k in KEYS) + ' |')
-    for r in args.reduced_channels:  # the speed lever: its own EBM head, trained on the same frozen detector
-        ebm_dir, option = f'ebm_reduced{r}', f'model.ebm_head.reduced_channels={r}'
-        subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT,
-                       env=dict(env, EBM_DIR=ebm_dir, EBM_OPTS=option, RUN_TEST='0'))
-        for name, options in list(VARIANTS.items())[:2]:
-            m = run_test(work, args.data, [option, *options], ebm_dir)
-            rows.append(f'| refined, 1x1 reduction to {r} ch: {name} | ' +
-                        ' | '.join(f"{100 * m['coco/' + k]:.1f}" for k in KEYS) + ' |')
-    t = time_refinement(work, args.data)
-    rows += ['', f"Time per image ({t['images']} val images, batch 2, CPU threads {os.cpu_count()}): detector "
-             f"{t['det_ms']:.0f} ms, refinement (T=10) {t['refine_ms']:.0f} ms, ratio {t['ratio']:.2f}", '',
-             f"Localisation on the same images: {t['matched']} detections (score >= 0.3, IoU >= 0.5 with a GT box of "
-             f"their class): mean IoU {t['iou_before']:.3f} -> {t['iou_after']:.3f} after refinement; "
-             f"{100 * t['improved']:.0f}% of them improved"]
+    rows += variant_rows(work, args.data)
+    for channels in args.reduced_channels:
+        rows += reduced_channel_rows(work, args.data, channels, env)
+    rows += [''] + timing_rows(time_refinement(work, args.data))
     text = '\n'.join(rows) + '\n'
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

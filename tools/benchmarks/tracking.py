@@ -4,26 +4,28 @@
     python tools/benchmarks/tracking.py [--num-seqs 6 --num-frames 80 --long-frames 600 --check-runner]
 
 Uses the 2D detector + EBM of ``tools/demo.sh`` (``work_dirs/demo/ebm/last_checkpoint``; the video's
-objects are the same shapes), or trains small ones into ``work_dirs/tracking_bench`` when absent.
-Each frame runs the detector once; its features and detections feed every variant:
+objects are the same shapes), or trains small ones into ``work_dirs/tracking_bench`` when absent;
+``mmdet.apis.init_detector`` loads them. Each frame runs the detector once
+(``EBMRefineDetector.detect``); its features and detections feed every variant:
 
-* MOT (mmdet's ByteTracker, stock thresholds), scored with trackeval (HOTA / CLEAR / Identity,
-  MOTChallenge preprocessing) and cross-checked with motmetrics:
-  ``ByteTrack`` (detector boxes), ``+ EBM dets`` (detections refined, ``EBMRefineDetector``),
+* MOT (mmdet's ByteTracker with the thresholds of ``configs/bytetrack_ebm_shapes-video.py``),
+  scored by mmdet's ``MOTChallengeMetric`` (trackeval: HOTA / CLEAR / Identity, MOTChallenge
+  preprocessing) and cross-checked with motmetrics (``tracking_metrics.py``):
+  ``ByteTrack`` (detector boxes), ``+ EBM dets`` (detections refined, ``EBMRefineDetector.refine``),
   ``+ EBM tracks`` (Kalman-predicted track boxes refined before association, ``EBMByteTracker``),
   ``+ EBM dets + tracks``.
 * Single object, OPE (each GT track initialised with its first box, then tracked alone): a
   constant-velocity tracker alone (a static box), ``+ EBM`` (the prediction refined each frame by
   ``EBMBoxRefiner``), ``+ dets`` (the best-overlapping detection replaces the prediction), ``+ dets
-  + EBM``; success AUC over 21 IoU thresholds.
-* Memory: the mmdet MOT model (``EBMByteTrack``, both refinements) over one long sequence, frame
-  by frame; resident memory sampled along the way.
+  + EBM``; success AUC over 21 IoU thresholds (``tracking_sot.py``).
+* Memory: the mmdet MOT model (``EBMByteTrack``, both refinements; ``mmdet.apis.init_track_model``
+  and ``inference_mot``) over one long sequence, frame by frame; resident memory sampled along the way.
 
-Writes ``docs/figures/tracking.md`` (and ``.json``) with the exact command.
+Writes ``docs/figures/tracking.md`` (and ``.json``) with the exact command; ``--render-only``
+rewrites the ``.md`` from the ``.json``.
 """
 import argparse
 import copy
-import glob
 import json
 import os
 import os.path as osp
@@ -32,14 +34,71 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
+from mmdet.apis import inference_mot, init_detector, init_track_model
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import bbox_overlaps
+from mmengine.config import Config
+from mmengine.runner import Runner, load_checkpoint
+from mmengine.structures import InstanceData
+
+from ebm_det.tracking import EBMBoxRefiner
+from tracking_metrics import mot_challenge_metrics, motmetrics_summary, read_mot_txt, seq_length
+from tracking_report import render
+from tracking_sot import ConstantVelocityTracker, success_auc
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'tools' / 'data'))
+DET_CONFIG = 'configs/faster-rcnn_r18_fpn_shapes.py'
+EBM_CONFIG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
+MOT_CONFIG = 'configs/bytetrack_ebm_shapes-video.py'  # the tracker settings, and the memory / Runner runs
+FRAME_SIZE = 256  # px, side of the generated frames
+SPLIT, LONG_SPLIT = 'val', 'long'  # generated splits: the scored sequences, the memory run's one
+SHAPES_TRAIN_IMAGES, SHAPES_VAL_IMAGES = 300, 20  # still images the small models train on when none exist
+DET_LR_STEPS, EBM_LR_STEPS = (0.75, 0.9), (2 / 3, 5 / 6)  # LR drops, as fractions of the iterations
+# where each config's MultiStepLR sits in its param_scheduler (the detector's follows a LinearLR warm-up)
+DET_MULTISTEP_INDEX, EBM_MULTISTEP_INDEX = 1, 0
+GT_HIT_IOU = 0.3  # a detection that overlaps a GT object this much found it (the detections table)
+MEMORY_SAMPLES = 12  # RSS samples along the long sequence (plus the first and the last frame)
+PEDESTRIAN = 1  # MOT class of scored objects (others are don't-care)
+# ByteTrack's stock thresholds expect stronger scores than the demo-scale detector gives: it also
+# runs with these (high / low detection score, new-track score)
+LOW_THRESHOLDS = dict(obj_score_thrs=dict(high=0.3, low=0.1), init_track_thr=0.4)
+
+
+class DetectionSource(NamedTuple):
+    detections: str  # 'detector' (the model's own) or 'noisy GT' (NoisyGTDetector)
+    tracker_overrides: dict  # over the MOT config's tracker settings
+
+
+class MOTVariant(NamedTuple):
+    name: str
+    refine_dets: bool
+    refine_tracks: bool
+
+
+class SOTVariant(NamedTuple):
+    name: str
+    refine: bool  # EBMBoxRefiner on the prediction, and refined detections
+    use_dets: bool
+
+
+SOURCES = {
+    'detector': DetectionSource('detector', {}),
+    'detector, low thr': DetectionSource('detector', LOW_THRESHOLDS),
+    'noisy GT': DetectionSource('noisy GT', {}),
+}
+MOT_VARIANTS = (MOTVariant('ByteTrack', False, False), MOTVariant('+ EBM dets', True, False),
+                MOTVariant('+ EBM tracks', False, True), MOTVariant('+ EBM dets + tracks', True, True))
+SOT_VARIANTS = (SOTVariant('constant velocity', False, False), SOTVariant('+ EBM', True, False),
+                SOTVariant('+ dets', False, True), SOTVariant('+ dets + EBM', True, True))
 
 
 def rss_mb() -> float:
@@ -55,264 +114,373 @@ def peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------ the models
-def find_or_train(args) -> tuple:
-    """(config path, checkpoint) of a trained EBMRefineDetector: the demo's, else small new ones."""
-    for work in (args.ebm_work_dir, osp.join(args.train_dir, 'ebm')):
-        last = osp.join(work, 'last_checkpoint')
-        if osp.exists(last):
-            cfgs = sorted(glob.glob(osp.join(work, '*.py')))
-            if cfgs:  # the config the checkpoint was trained with, as the Runner dumped it
-                return cfgs[0], open(last).read().strip(), 'found'
-    print(f'[tracking] no checkpoint in {args.ebm_work_dir}: training small ones in {args.train_dir}', flush=True)
-    py = sys.executable
-    data = args.shapes_data
-    if not osp.exists(osp.join(data, 'annotations', 'instances_val.json')):
-        subprocess.run([py, 'tools/data/generate_coco_shapes.py', '--out', data, '--num-train', '300', '--num-val',
-                        '20'], cwd=ROOT, check=True)
-    roots = [f'{k}.dataset.data_root={data}/' for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
-    ann = f'{data}/annotations/instances_val.json'
-    det_dir, ebm_dir = osp.join(args.train_dir, 'det'), osp.join(args.train_dir, 'ebm')
-    it = args.train_det_iters
-    if not osp.exists(osp.join(det_dir, 'last_checkpoint')):
-        subprocess.run([py, 'tools/train.py', 'configs/faster-rcnn_r18_fpn_shapes.py', '--work-dir', det_dir,
-                        '--cfg-options', *roots, f'val_evaluator.ann_file={ann}', f'train_cfg.max_iters={it}',
-                        f'train_cfg.val_interval={it + 1}', f'default_hooks.checkpoint.interval={it}',
-                        f'param_scheduler.1.end={it}', f'param_scheduler.1.milestones=[{it * 3 // 4},{it * 9 // 10}]'],
+def trained_ebm(work_dir: str) -> Optional[Tuple[str, str]]:
+    """(config, checkpoint) the Runner left in ``work_dir`` (its dumped config), or None."""
+    last = osp.join(work_dir, 'last_checkpoint')
+    configs = sorted(Path(work_dir).glob('*.py'))
+    if not (osp.exists(last) and configs):
+        return None
+    return str(configs[0]), Path(last).read_text().strip()
+
+
+def schedule_options(iters: int, scheduler_index: int, lr_steps: Sequence[float]) -> List[str]:
+    """``--cfg-options`` for an ``iters``-iteration run whose ``MultiStepLR`` is ``param_scheduler.<index>``."""
+    milestones = ','.join(str(int(iters * f)) for f in lr_steps)
+    return [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters + 1}',
+            f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.{scheduler_index}.end={iters}',
+            f'param_scheduler.{scheduler_index}.milestones=[{milestones}]']
+
+
+def train(config: str, work_dir: str, options: List[str]) -> str:
+    """``tools/train.py config`` into ``work_dir`` unless it holds a checkpoint; the checkpoint."""
+    last = osp.join(work_dir, 'last_checkpoint')
+    if not osp.exists(last):
+        subprocess.run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options', *options],
                        cwd=ROOT, check=True)
-    det_ckpt = open(osp.join(det_dir, 'last_checkpoint')).read().strip()
-    it = args.train_ebm_iters
-    subprocess.run([py, 'tools/train.py', 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', '--work-dir', ebm_dir,
-                    '--cfg-options', *roots, f'model.detector_checkpoint={det_ckpt}', f'val_evaluator.0.ann_file={ann}',
-                    f'val_evaluator.1.metric.ann_file={ann}', f'train_cfg.max_iters={it}',
-                    f'train_cfg.val_interval={it + 1}', f'default_hooks.checkpoint.interval={it}',
-                    f'param_scheduler.0.end={it}', f'param_scheduler.0.milestones=[{it * 2 // 3},{it * 5 // 6}]'],
-                   cwd=ROOT, check=True)
-    return sorted(glob.glob(osp.join(ebm_dir, '*.py')))[0], open(osp.join(ebm_dir, 'last_checkpoint')).read().strip(), \
-        'trained'
+    return Path(last).read_text().strip()
 
 
-def build_detector(cfg_path: str, ckpt: str):
-    import ebm_det  # noqa: F401  (registers the modules)
-    from mmdet.registry import MODELS
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
-    cfg = Config.fromfile(cfg_path)
-    init_default_scope('mmdet')
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg['detector_checkpoint'] = None
-    model = MODELS.build(model_cfg)
-    load_checkpoint(model, ckpt, map_location='cpu', strict=True, logger='silent')
-    return cfg, model.eval()
+def train_small_models(args) -> None:
+    """A detector and its EBM head on generated still images, into ``args.train_dir``."""
+    data = args.shapes_data
+    ann = f'{data}/annotations/instances_val.json'
+    if not osp.exists(ann):
+        subprocess.run([sys.executable, 'tools/data/generate_coco_shapes.py', '--out', data, '--num-train',
+                        str(SHAPES_TRAIN_IMAGES), '--num-val', str(SHAPES_VAL_IMAGES)], cwd=ROOT, check=True)
+    roots = [f'{k}.dataset.data_root={data}/' for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    det_ckpt = train(DET_CONFIG, osp.join(args.train_dir, 'det'),
+                     [*roots, f'val_evaluator.ann_file={ann}',
+                      *schedule_options(args.train_det_iters, DET_MULTISTEP_INDEX, DET_LR_STEPS)])
+    train(EBM_CONFIG, osp.join(args.train_dir, 'ebm'),
+          [*roots, f'model.detector_checkpoint={det_ckpt}', f'val_evaluator.0.ann_file={ann}',
+           f'val_evaluator.1.metric.ann_file={ann}',
+           *schedule_options(args.train_ebm_iters, EBM_MULTISTEP_INDEX, EBM_LR_STEPS)])
 
 
-# ------------------------------------------------------------------------------------- the loop
-class Frame:
-    """One frame through the detector: its features and, per detection source, the raw and the
-    EBM-refined detections (the same raw boxes for every tracker variant)."""
+def find_or_train(args) -> Tuple[str, str, str]:
+    """(config path, checkpoint, origin) of a trained EBMRefineDetector: the demo's, else small new ones."""
+    found = trained_ebm(args.ebm_work_dir) or trained_ebm(osp.join(args.train_dir, 'ebm'))
+    if found:
+        return (*found, 'found')
+    print(f'[tracking] no checkpoint in {args.ebm_work_dir}: training small ones in {args.train_dir}', flush=True)
+    train_small_models(args)
+    return (*trained_ebm(osp.join(args.train_dir, 'ebm')), 'trained')
 
-    def __init__(self, model, image: np.ndarray, frame_id: int):
-        from mmdet.structures import DetDataSample
-        h, w = image.shape[:2]
-        meta = dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0), frame_id=frame_id)
-        data = model.data_preprocessor(
-            dict(inputs=[torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))],
-                 data_samples=[DetDataSample(metainfo=meta)]), False)
-        with torch.no_grad():
-            out = model.detector.predict(data['inputs'], data['data_samples'], rescale=True)[0]
-        self.feats = model._feats[0]
-        model._feats.clear()
-        self.model = model
-        self.meta = dict(out.metainfo, frame_id=frame_id)
-        self.img_shape = out.metainfo['img_shape'][:2]
-        self.dets = {}
-        self.add_source('detector', out.pred_instances)
 
-    def add_source(self, name: str, instances) -> None:
-        from ebm_det.models.refine_detector import refine_instances
-        refined = copy.deepcopy(instances)
-        if len(instances):
-            cfg = {k: v for k, v in self.model.test_cfg.items() if k != 'enabled'}
-            with torch.no_grad():
-                refine_instances(self.model.ebm_head, self.feats, [refined], [self.meta], [self.meta['scale_factor']],
-                                 cfg)
-        self.dets[name] = (instances, refined)
+def generate_video(root: Path, split: str, num_seqs: int, num_frames: int, seed: int) -> Path:
+    """``tools/data/generate_mot_video.py`` (unless done); the split's folder of sequences."""
+    if not (root / 'annotations' / f'{split}_cocoformat.json').exists():
+        subprocess.run([sys.executable, 'tools/data/generate_mot_video.py', '--out', str(root), '--splits', split,
+                        '--num-seqs', str(num_seqs), '--num-frames', str(num_frames), '--size', str(FRAME_SIZE),
+                        '--seed', str(seed)], cwd=ROOT, check=True)
+    return root / split
 
-    def sample(self, source: str, refined: bool):
-        from mmdet.structures import DetDataSample
-        from mmengine.structures import InstanceData
-        s = DetDataSample(metainfo=self.meta)
+
+# ------------------------------------------------------------------------------- the detections
+@dataclass(frozen=True)
+class NoisyGTDetector:
+    """Simulated detections from GT rows (the ``noisy GT`` source), which isolate the trackers and
+    the EBM from the detector's quality.
+
+    A pedestrian-class object is found with probability ``find_prob_base + visibility`` (at most
+    ``max_find_prob``), a don't-care one with ``dont_care_find_prob``; its box is jittered (centre
+    N(0, ``centre_sigma``) of its size, log-size N(0, ``log_size_sigma``)); its score is
+    U(``high_scores``) when at least ``confident_visibility`` visible, else U(``low_scores``)
+    (ByteTrack's second association). Poisson(``false_positives_per_frame``) false positives per
+    frame, sides U(``false_positive_sides``) px, score U(``false_positive_scores``). Labels are the
+    shape classes (the EBM head is class-conditional).
+    """
+    find_prob_base: float = 0.5
+    max_find_prob: float = 0.97
+    dont_care_find_prob: float = 0.3
+    centre_sigma: float = 0.07
+    log_size_sigma: float = 0.1
+    confident_visibility: float = 0.5
+    high_scores: Tuple[float, float] = (0.65, 0.95)
+    low_scores: Tuple[float, float] = (0.15, 0.65)
+    false_positives_per_frame: float = 0.5
+    false_positive_sides: Tuple[float, float] = (15.0, 60.0)
+    false_positive_scores: Tuple[float, float] = (0.1, 0.7)
+
+    def __call__(self, rng: np.random.Generator, gt_rows: np.ndarray, labels: Dict[int, int], size: int,
+                 num_classes: int) -> InstanceData:
+        """Detections of one ``size`` px frame from its (N, 9) GT rows; ``labels``: track id -> class."""
+        boxes, scores, labs = [], [], []
+        for r in gt_rows:
+            vis, pedestrian = r[8], int(r[7]) == PEDESTRIAN
+            find_prob = min(self.find_prob_base + vis, self.max_find_prob) if pedestrian else self.dont_care_find_prob
+            if rng.random() > find_prob:
+                continue
+            boxes.append(self._jitter(rng, r[2:6]))
+            confident = vis >= self.confident_visibility and pedestrian
+            scores.append(rng.uniform(*(self.high_scores if confident else self.low_scores)))
+            labs.append(labels.get(int(r[1]), 0))
+        for _ in range(rng.poisson(self.false_positives_per_frame)):
+            w, h = rng.uniform(*self.false_positive_sides, 2)
+            x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
+            boxes.append([x, y, x + w, y + h])
+            scores.append(rng.uniform(*self.false_positive_scores))
+            labs.append(int(rng.integers(num_classes)))
+        boxes = np.clip(np.array(boxes, dtype=np.float32).reshape(-1, 4), 0, size)
+        return InstanceData(bboxes=torch.from_numpy(boxes), scores=torch.tensor(scores, dtype=torch.float32),
+                            labels=torch.tensor(labs, dtype=torch.long))
+
+    def _jitter(self, rng: np.random.Generator, xywh: np.ndarray) -> List[float]:
+        x, y, w, h = xywh
+        cx = x + w / 2 + rng.normal(0, self.centre_sigma) * w
+        cy = y + h / 2 + rng.normal(0, self.centre_sigma) * h
+        w, h = w * np.exp(rng.normal(0, self.log_size_sigma)), h * np.exp(rng.normal(0, self.log_size_sigma))
+        return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
+@dataclass
+class FrameDetections:
+    """One frame through the detector: its metainfo, its neck features and, per detection source,
+    the raw and the EBM-refined detections (the same raw boxes for every tracker variant).
+
+    Frames are fed at their own size (scale factor 1): network-input and image pixels coincide.
+    """
+    meta: dict
+    feats: Tuple[torch.Tensor, ...]
+    dets: Dict[str, Tuple[InstanceData, InstanceData]] = field(default_factory=dict)
+
+    @property
+    def img_shape(self) -> Tuple[int, int]:
+        return tuple(self.meta['img_shape'][:2])
+
+    def add_source(self, model, name: str, instances: InstanceData) -> None:
+        """``instances`` and a copy refined by ``model.refine`` on this frame's features."""
+        refined = DetDataSample(metainfo=self.meta)
+        refined.pred_instances = copy.deepcopy(instances)
+        model.refine(self.feats, [refined])
+        self.dets[name] = (instances, refined.pred_instances)
+
+    def sample(self, source: str, refined: bool) -> DetDataSample:
+        """The data sample a tracker gets: the frame's raw or refined detections of ``source``."""
         p = self.dets[source][int(refined)]
+        s = DetDataSample(metainfo=self.meta)
         s.pred_instances = InstanceData(bboxes=p.bboxes.clone(), scores=p.scores.clone(), labels=p.labels.clone())
         return s
 
 
-def noisy_gt_detections(rng: np.random.Generator, gt_t: np.ndarray, labels: dict, size: int, num_classes: int):
-    """Simulated detections of one frame from its GT rows: each object found with probability
-    0.5 + visibility (at most 0.97; don't-care objects 0.3), its box jittered (centre N(0, 0.07)
-    of the size, log-size N(0, 0.1)), score U(0.65, 0.95) when at least half visible, else
-    U(0.15, 0.65) (ByteTrack's second association); Poisson(0.5) false positives per frame with
-    score U(0.1, 0.7). Labels are the shape classes (the EBM head is class-conditional)."""
-    from mmengine.structures import InstanceData
-    boxes, scores, labs = [], [], []
-    for r in gt_t:
-        vis, cls = r[8], int(r[7])
-        if rng.random() > (min(0.5 + vis, 0.97) if cls == 1 else 0.3):
-            continue
-        w, h = r[4], r[5]
-        cx, cy = r[2] + w / 2 + rng.normal(0, 0.07) * w, r[3] + h / 2 + rng.normal(0, 0.07) * h
-        w, h = w * np.exp(rng.normal(0, 0.1)), h * np.exp(rng.normal(0, 0.1))
-        boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-        scores.append(rng.uniform(0.65, 0.95) if vis >= 0.5 and cls == 1 else rng.uniform(0.15, 0.65))
-        labs.append(labels.get(int(r[1]), 0))
-    for _ in range(rng.poisson(0.5)):
-        w, h = rng.uniform(15, 60, 2)
-        x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
-        boxes.append([x, y, x + w, y + h])
-        scores.append(rng.uniform(0.1, 0.7))
-        labs.append(int(rng.integers(num_classes)))
-    boxes = np.clip(np.array(boxes, dtype=np.float32).reshape(-1, 4), 0, size)
-    return InstanceData(bboxes=torch.from_numpy(boxes), scores=torch.tensor(scores, dtype=torch.float32),
-                        labels=torch.tensor(labs, dtype=torch.long))
+@torch.no_grad()
+def detect_frame(model, image: np.ndarray, frame_id: int) -> FrameDetections:
+    """The detector's raw detections and neck features of one (H, W, 3) BGR frame, in one pass;
+    its detections also refined (source ``detector``)."""
+    h, w = image.shape[:2]
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0), frame_id=frame_id)
+    data = model.data_preprocessor(
+        dict(inputs=[torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))],
+             data_samples=[DetDataSample(metainfo=meta)]), False)
+    results, feats = model.detect(data['inputs'], data['data_samples'], rescale=False, refine=False)
+    frame = FrameDetections(dict(results[0].metainfo), feats)
+    frame.add_source(model, 'detector', results[0].pred_instances)
+    return frame
 
 
-# name -> (detections, ByteTracker overrides); the demo-scale detector scores lower than
-# ByteTrack's stock thresholds expect, so it also runs with lowered ones
-SOURCES = {
-    'detector': ('detector', {}),
-    'detector, low thr': ('detector', dict(obj_score_thrs=dict(high=0.3, low=0.1), init_track_thr=0.4)),
-    'noisy GT': ('noisy GT', {}),
-}
-MOT_VARIANTS = (('ByteTrack', False, False), ('+ EBM dets', True, False), ('+ EBM tracks', False, True),
-                ('+ EBM dets + tracks', True, True))
-SOT_VARIANTS = (('constant velocity', False, False), ('+ EBM', True, False), ('+ dets', False, True),
-                ('+ dets + EBM', True, True))
+# ------------------------------------------------------------------------------------- the loop
+@dataclass
+class SequenceGT:
+    """A generated sequence's ground truth."""
+    rows: np.ndarray  # (N, 9) gt.txt rows
+    labels: Dict[int, int]  # track id -> shape class (gt/labels.txt)
+    length: int
+    first: Dict[int, int]  # track id -> first and last frame where it is a scored object
+    last: Dict[int, int]
+
+    @classmethod
+    def load(cls, seq_dir: Path) -> 'SequenceGT':
+        rows = read_mot_txt(seq_dir / 'gt' / 'gt.txt')
+        labels = {int(a): int(b) for a, b in np.loadtxt(seq_dir / 'gt' / 'labels.txt', delimiter=',', ndmin=2)}
+        scored = rows[rows[:, 7] == PEDESTRIAN]
+        ids = np.unique(scored[:, 1])
+        first = {int(i): int(scored[scored[:, 1] == i, 0].min()) for i in ids}
+        last = {int(i): int(scored[scored[:, 1] == i, 0].max()) for i in ids}
+        return cls(rows, labels, seq_length(seq_dir), first, last)
+
+    def boxes(self, t: int) -> Dict[int, np.ndarray]:
+        """Track id -> (4,) x1y1x2y2 GT box of the scored objects of frame ``t`` (1-based)."""
+        rows = self.rows[(self.rows[:, 0] == t) & (self.rows[:, 7] == PEDESTRIAN)]
+        return {int(r[1]): np.array([r[2], r[3], r[2] + r[4], r[3] + r[5]]) for r in rows}
 
 
-def make_tracker(tracker_cfg: dict, refiner, ebm_on: bool, **overrides):
-    from mmdet.registry import MODELS
-    cfg = copy.deepcopy(tracker_cfg)
-    cfg.update(copy.deepcopy(overrides))
-    cfg['type'] = 'EBMByteTracker'
-    cfg['ebm'] = dict(cfg.get('ebm', {}), enabled=ebm_on)
+@dataclass
+class Tallies:
+    """What the loop collects over all sequences."""
+    mot: Dict[Tuple[str, str], Dict[str, np.ndarray]]  # (source, variant) -> seq -> track rows
+    sot_ious: Dict[str, List[float]]  # SOT variant -> IoU to GT per scored frame and target
+    det_ious: Dict[Tuple[str, bool], List[float]]  # (source, refined) -> IoU of each GT's best detection
+    frames: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def empty(cls) -> 'Tallies':
+        det_sources = sorted({s.detections for s in SOURCES.values()})
+        return cls(mot={(src, v.name): {} for src in SOURCES for v in MOT_VARIANTS},
+                   sot_ious={v.name: [] for v in SOT_VARIANTS},
+                   det_ious={(src, r): [] for src in det_sources for r in (False, True)})
+
+
+def build_tracker(tracker_cfg: dict, refiner: EBMBoxRefiner, refine_tracks: bool, overrides: dict):
+    """The MOT config's tracker (an ``EBMByteTracker``) with ``overrides``, refining with ``refiner``
+    when ``refine_tracks``."""
+    cfg = {**copy.deepcopy(tracker_cfg), **copy.deepcopy(overrides)}
+    cfg['ebm'] = dict(cfg.get('ebm') or {}, enabled=refine_tracks)
     tracker = MODELS.build(cfg)
-    tracker.bind_ebm(refiner, None)
+    tracker.bind_ebm(refiner)
     return tracker
 
 
-def run_sequences(model, refiner, tracker_cfg, data_root: Path, seqs, sot_det_thr: float, seed: int):
-    """Every MOT variant on every detection source and every OPE variant, one detector pass per
-    frame. Returns ({(source, variant): {seq: rows}}, {sot variant: IoUs}, frames, seconds, box IoUs)."""
-    import cv2
-    from ebm_det.tracking import ConstantVelocityTracker
-    from ebm_det.tracking.metrics import box_iou_xyxy, read_mot_txt, seq_length
-    keys = [(src, name) for src in SOURCES for name, _, _ in MOT_VARIANTS]
-    mot = {k: {} for k in keys}
-    sot_ious = {name: [] for name, _, _ in SOT_VARIANTS}
-    det_srcs = sorted({d for d, _ in SOURCES.values()})
-    det_iou = {(src, r): [] for src in det_srcs for r in (False, True)}  # matched det IoU to GT, before/after
-    num_classes = model.ebm_head.num_classes
-    n_frames, t0 = 0, time.perf_counter()
-    for k_seq, seq in enumerate(seqs):
-        gt = read_mot_txt(data_root / seq / 'gt' / 'gt.txt')
-        labels = {int(a): int(b) for a, b in np.loadtxt(data_root / seq / 'gt' / 'labels.txt', delimiter=',',
-                                                         ndmin=2)}
-        length = seq_length(data_root / seq)
-        trackers = {k: make_tracker(tracker_cfg, refiner, trk, **SOURCES[k[0]][1]) for k, (_, _, trk) in
-                    zip(keys, [v for _ in SOURCES for v in MOT_VARIANTS])}
-        rows = {k: [] for k in keys}
-        sots = {name: ConstantVelocityTracker(refiner if ebm else None) for name, ebm, _ in SOT_VARIANTS}
-        visible = gt[gt[:, 7] == 1]
-        first = {int(i): int(visible[visible[:, 1] == i, 0].min()) for i in np.unique(visible[:, 1])}
-        last = {int(i): int(visible[visible[:, 1] == i, 0].max()) for i in np.unique(visible[:, 1])}
-        for t in range(1, length + 1):
-            image = cv2.imread(str(data_root / seq / 'img1' / f'{t:06d}.jpg'))
-            fr = Frame(model, image, t - 1)
-            rng = np.random.default_rng([seed, k_seq, t])
-            fr.add_source('noisy GT', noisy_gt_detections(rng, gt[gt[:, 0] == t], labels, image.shape[1], num_classes))
-            vis_t = visible[visible[:, 0] == t]
-            gt_boxes = np.c_[vis_t[:, 2], vis_t[:, 3], vis_t[:, 2] + vis_t[:, 4], vis_t[:, 3] + vis_t[:, 5]]
-            for (src, name), (_, det_ref, _) in zip(keys, [v for _ in SOURCES for v in MOT_VARIANTS]):
-                out = trackers[(src, name)].track(fr.sample(SOURCES[src][0], det_ref), feats=fr.feats)
-                b = out.bboxes.cpu().numpy()
-                for k in range(len(out)):
-                    rows[(src, name)].append([t, int(out.instances_id[k]) + 1, b[k, 0], b[k, 1], b[k, 2] - b[k, 0],
-                                              b[k, 3] - b[k, 1], float(out.scores[k])])
-            for src in det_srcs:  # how far refinement moves each source's boxes towards the GT
-                raw, ref = fr.dets[src]
-                if len(raw) and len(gt_boxes):
-                    from mmdet.structures.bbox import bbox_overlaps
-                    iou = bbox_overlaps(torch.from_numpy(gt_boxes).float(), raw.bboxes.float())
-                    best, j = iou.max(1)
-                    hit = best >= 0.3  # the detection that found each GT object
-                    det_iou[(src, False)] += best[hit].tolist()
-                    det_iou[(src, True)] += box_iou_xyxy(ref.bboxes[j[hit]].numpy(), gt_boxes[hit.numpy()]).tolist()
-            gt_t = {int(r[1]): np.array([r[2], r[3], r[2] + r[4], r[3] + r[5]]) for r in vis_t}
-            for (name, ebm, use_dets), sot in zip(SOT_VARIANTS, sots.values()):
-                dets = fr.dets['detector'][int(ebm)]
-                keep = dets.scores >= sot_det_thr
-                pred = sot.step(fr.feats, fr.img_shape, dets.bboxes[keep] if use_dets else None)
-                for tid, box in pred.items():
-                    if tid in gt_t:
-                        sot_ious[name].append(float(box_iou_xyxy(box.numpy(), gt_t[tid])[0]))
-                new = [i for i in gt_t if first[i] == t]
-                if new:
-                    sot.add(new, torch.tensor(np.stack([gt_t[i] for i in new])).float(), feats=fr.feats)
-                sot.remove([i for i in sot.ids if last[i] <= t])
-            n_frames += 1
-        for k in keys:
-            mot[k][seq] = np.array(rows[k]).reshape(-1, 7)
-        print(f'[tracking] {seq}: {length} frames, {n_frames / (time.perf_counter() - t0):.2f} frames/s overall',
-              flush=True)
-    return mot, sot_ious, n_frames, time.perf_counter() - t0, det_iou
+def track_rows(t: int, tracks: InstanceData) -> List[list]:
+    """MOT result rows ``frame, id (1-based), x, y, w, h, score`` of a tracker's output on frame ``t``."""
+    b = tracks.bboxes.cpu().numpy()
+    return [[t, int(tracks.instances_id[k]) + 1, b[k, 0], b[k, 1], b[k, 2] - b[k, 0], b[k, 3] - b[k, 1],
+             float(tracks.scores[k])] for k in range(len(tracks))]
 
 
-def memory_run(cfg, ckpt: str, data_root: Path, seq: str, sample_every: int) -> list:
-    """The mmdet MOT model frame by frame over a long sequence; (frame, RSS MB, tracks in memory,
-    tracks started so far) samples."""
-    import cv2
-    from mmdet.registry import MODELS
-    from mmdet.structures import DetDataSample, TrackDataSample
-    from mmengine.runner import load_checkpoint
-    from ebm_det.tracking.metrics import seq_length
+def score_detections(frame: FrameDetections, gt_boxes: torch.Tensor, det_ious: dict) -> None:
+    """How far refinement moves each source's boxes towards the GT: the IoU of each GT object's best
+    raw detection (if >= GT_HIT_IOU) and of the same detection refined."""
+    for src in {k for k, _ in det_ious}:
+        raw, ref = frame.dets[src]
+        if not (len(raw) and len(gt_boxes)):
+            continue
+        best, j = bbox_overlaps(gt_boxes, raw.bboxes.float()).max(1)
+        hit = best >= GT_HIT_IOU
+        det_ious[(src, False)] += best[hit].tolist()
+        det_ious[(src, True)] += bbox_overlaps(ref.bboxes[j[hit]].float(), gt_boxes[hit], is_aligned=True).tolist()
+
+
+def step_single_object(trackers: Dict[str, ConstantVelocityTracker], frame: FrameDetections, gt: SequenceGT,
+                       t: int, det_thr: float, sot_ious: dict) -> None:
+    """One OPE frame for every SOT variant: predict (and correct), score against the GT, start the
+    targets first seen now, end those last seen now."""
+    gt_t = gt.boxes(t)
+    for v in SOT_VARIANTS:
+        sot = trackers[v.name]
+        dets = frame.dets['detector'][int(v.refine)]
+        pred = sot.step(frame.feats, frame.img_shape, dets.bboxes[dets.scores >= det_thr] if v.use_dets else None)
+        ids = [i for i in pred if i in gt_t]
+        if ids:
+            boxes = torch.stack([pred[i] for i in ids]).double()
+            truth = torch.from_numpy(np.stack([gt_t[i] for i in ids]))
+            sot_ious[v.name] += bbox_overlaps(boxes, truth, is_aligned=True).tolist()
+        new = [i for i in gt_t if gt.first[i] == t]
+        if new:
+            sot.add(new, torch.tensor(np.stack([gt_t[i] for i in new])).float(), feats=frame.feats)
+        sot.remove([i for i in sot.ids if gt.last[i] <= t])
+
+
+def run_sequence(model, refiner: EBMBoxRefiner, tracker_cfg: dict, seq_dir: Path, seq_index: int, seed: int,
+                 sot_det_thr: float, tallies: Tallies) -> None:
+    """Every MOT variant on every detection source and every OPE variant over one sequence, one
+    detector pass per frame; the noisy GT of frame ``t`` draws from the seed ``(seed, seq_index, t)``."""
+    gt = SequenceGT.load(seq_dir)
+    noisy_gt = NoisyGTDetector()
+    mot_trackers = [(src, v, build_tracker(tracker_cfg, refiner, v.refine_tracks, s.tracker_overrides))
+                    for src, s in SOURCES.items() for v in MOT_VARIANTS]
+    rows = {(src, v.name): [] for src, v, _ in mot_trackers}
+    sot_trackers = {v.name: ConstantVelocityTracker(refiner if v.refine else None) for v in SOT_VARIANTS}
+    for t in range(1, gt.length + 1):
+        image = cv2.imread(str(seq_dir / 'img1' / f'{t:06d}.jpg'))
+        frame = detect_frame(model, image, t - 1)
+        rng = np.random.default_rng([seed, seq_index, t])
+        frame.add_source(model, 'noisy GT', noisy_gt(rng, gt.rows[gt.rows[:, 0] == t], gt.labels, image.shape[1],
+                                                     model.ebm_head.num_classes))
+        for src, v, tracker in mot_trackers:
+            out = tracker.track(frame.sample(SOURCES[src].detections, v.refine_dets), feats=frame.feats)
+            rows[(src, v.name)] += track_rows(t, out)
+        gt_boxes = torch.from_numpy(np.array(list(gt.boxes(t).values()), dtype=np.float32).reshape(-1, 4))
+        score_detections(frame, gt_boxes, tallies.det_ious)
+        step_single_object(sot_trackers, frame, gt, t, sot_det_thr, tallies.sot_ious)
+        tallies.frames += 1
+    for k, r in rows.items():
+        tallies.mot[k][seq_dir.name] = np.array(r).reshape(-1, 7)
+
+
+def run_sequences(model, refiner: EBMBoxRefiner, tracker_cfg: dict, split_dir: Path, seqs: Sequence[str],
+                  seed: int, sot_det_thr: float) -> Tallies:
+    """``run_sequence`` over ``seqs`` of ``split_dir``."""
+    tallies = Tallies.empty()
+    t0 = time.perf_counter()
+    for k, seq in enumerate(seqs):
+        run_sequence(model, refiner, tracker_cfg, split_dir / seq, k, seed, sot_det_thr, tallies)
+        tallies.seconds = time.perf_counter() - t0
+        print(f'[tracking] {seq}: {seq_length(split_dir / seq)} frames, '
+              f'{tallies.frames / tallies.seconds:.2f} frames/s overall', flush=True)
+    return tallies
+
+
+# ------------------------------------------------------------------------------------ the scores
+def mot_table(tallies: Tallies, gts: Dict[str, np.ndarray], lengths: Dict[str, int]) -> List[dict]:
+    """Per (source, variant): MOTChallengeMetric's scores and the motmetrics cross-check."""
+    table = []
+    for (src, name), res in tallies.mot.items():
+        r = mot_challenge_metrics(gts, res, lengths)
+        mm = motmetrics_summary(gts, res, lengths)
+        table.append(dict(source=src, variant=name, HOTA=r['HOTA'], MOTA=r['MOTA'], IDF1=r['IDF1'],
+                          IDSW=int(r['IDSW']), FP=int(r['FP']), FN=int(r['FN']), DetA=r['DetA'], AssA=r['AssA'],
+                          mm_MOTA=mm['MOTA'], mm_IDF1=mm['IDF1']))
+    return table
+
+
+def detection_table(tallies: Tallies) -> List[dict]:
+    sources = sorted({src for src, _ in tallies.det_ious})
+    return [dict(source=src, matched=len(tallies.det_ious[(src, False)]),
+                 iou_before=float(np.mean(tallies.det_ious[(src, False)] or [0])),
+                 iou_after=float(np.mean(tallies.det_ious[(src, True)] or [0]))) for src in sources]
+
+
+def sot_table(tallies: Tallies) -> List[dict]:
+    return [dict(variant=v.name, success_auc=success_auc(tallies.sot_ious[v.name]),
+                 mean_iou=float(np.mean(tallies.sot_ious[v.name])), frames=len(tallies.sot_ious[v.name]))
+            for v in SOT_VARIANTS]
+
+
+def refine_settings(cfg, codec, keys: Sequence[str]) -> dict:
+    """The ``keys`` of a ``RefineConfig``, its step sizes resolved for the head's box type."""
+    values = dict(num_steps=cfg.num_steps, decay=cfg.decay,
+                  step_sizes=list(cfg.step_sizes_for(codec.dim, codec.default_step_sizes)))
+    return {k: values[k] for k in keys}
+
+
+# ------------------------------------------------------------------ the mmdet MOT model's paths
+def mot_config(model_cfg, tracker_overrides: Optional[dict] = None, refine: Optional[bool] = None) -> Config:
+    """``configs/bytetrack_ebm_shapes-video.py`` with the benchmark's detector + EBM config (its
+    checkpoint is loaded afterwards), optionally other tracker settings and refinement on/off."""
+    mot = Config.fromfile(str(ROOT / MOT_CONFIG))
+    mot.model.detector = dict(copy.deepcopy(model_cfg), detector_checkpoint=None)
+    mot.model.tracker.update(copy.deepcopy(tracker_overrides or {}))
+    if refine is not None:
+        mot.model.detector.test_cfg = dict(mot.model.detector.get('test_cfg') or {}, enabled=refine)
+        mot.model.tracker.ebm = dict(enabled=refine)
+    return mot
+
+
+def memory_run(model_cfg, ckpt: str, seq_dir: Path, sample_every: int) -> List[tuple]:
+    """The mmdet MOT model frame by frame over a long sequence (``inference_mot``); samples of
+    (frame, RSS MB, tracks in memory, tracks started so far)."""
     # the lowered thresholds, so that tracks are born, live and die along the sequence
-    tracker = dict(copy.deepcopy(TRACKER_CFG), **copy.deepcopy(SOURCES['detector, low thr'][1]))
-    mot_cfg = dict(type='EBMByteTrack', detector=copy.deepcopy(cfg.model), tracker=tracker,
-                   data_preprocessor=dict(type='TrackDataPreprocessor', mean=[123.675, 116.28, 103.53],
-                                          std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32))
-    mot_cfg['detector']['detector_checkpoint'] = None
-    model = MODELS.build(mot_cfg).eval()
-    load_checkpoint(model.detector, ckpt, map_location='cpu', strict=True, logger='silent')
-    length = seq_length(data_root / seq)
+    model = init_track_model(mot_config(model_cfg, LOW_THRESHOLDS), detector=ckpt, device='cpu')
+    length = seq_length(seq_dir)
     samples = []
     for t in range(length):
-        image = cv2.imread(str(data_root / seq / 'img1' / f'{t + 1:06d}.jpg'))
-        h, w = image.shape[:2]
-        frame = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0), frame_id=t,
-                                            img_path=str(data_root / seq / 'img1' / f'{t + 1:06d}.jpg')))
-        track = TrackDataSample(video_data_samples=[frame])
-        data = model.data_preprocessor(dict(inputs=[torch.from_numpy(image.transpose(2, 0, 1)).unsqueeze(0)],
-                                            data_samples=[track]), False)
-        with torch.no_grad():
-            model.predict(data['inputs'], data['data_samples'])
+        inference_mot(model, cv2.imread(str(seq_dir / 'img1' / f'{t + 1:06d}.jpg')), frame_id=t, video_len=length)
         if t == 0 or (t + 1) % sample_every == 0 or t == length - 1:
             samples.append((t + 1, round(rss_mb(), 1), len(model.tracker.tracks), int(model.tracker.num_tracks)))
     return samples
 
 
-def runner_check(cfg, ckpt: str, data_root: Path, work_dir: str) -> dict:
-    """The mmdet path: configs/bytetrack_ebm_shapes-video.py (with the benchmark's detector config)
-    through the Runner, MOTChallengeDataset and MOTChallengeMetric, with and without refinement."""
-    import uuid
-    from mmengine.config import Config
-    from mmengine.runner import Runner, load_checkpoint
+RUNNER_KEYS = ('HOTA', 'MOTA', 'IDF1', 'IDSW', 'TP', 'FP', 'FN')
+
+
+def runner_check(model_cfg, ckpt: str, data_root: Path, work_dir: str) -> dict:
+    """The mmdet path: ``configs/bytetrack_ebm_shapes-video.py`` (with the benchmark's detector
+    config) through the Runner, MOTChallengeDataset and MOTChallengeMetric, with and without
+    refinement; the detector checkpoint is loaded as mmdet's ``test_tracking.py --detector`` does."""
     out = {}
     for name, on in (('ByteTrack', False), ('+ EBM dets + tracks', True)):
-        mot = Config.fromfile(str(ROOT / 'configs' / 'bytetrack_ebm_shapes-video.py'))
-        mot.model.detector = copy.deepcopy(cfg.model)
-        mot.model.detector.detector_checkpoint = None
-        mot.model.detector.test_cfg = dict(mot.model.detector.get('test_cfg') or {}, enabled=on)
-        mot.model.tracker.ebm.enabled = on
+        mot = mot_config(model_cfg, refine=on)
         mot.test_dataloader.dataset.data_root = f'{data_root}/'
         mot.work_dir = work_dir
         mot.experiment_name = uuid.uuid4().hex
@@ -320,18 +488,12 @@ def runner_check(cfg, ckpt: str, data_root: Path, work_dir: str) -> dict:
         runner = Runner.from_cfg(mot)
         load_checkpoint(runner.model.detector, ckpt, map_location='cpu', strict=True, logger='silent')
         metrics = runner.test()
-        out[name] = {k.split('/')[-1]: float(v) for k, v in metrics.items() if k.split('/')[-1] in
-                     ('HOTA', 'MOTA', 'IDF1', 'IDSW', 'TP', 'FP', 'FN')}
+        out[name] = {k.split('/')[-1]: float(v) for k, v in metrics.items() if k.split('/')[-1] in RUNNER_KEYS}
     return out
 
 
-TRACKER_CFG = dict(type='EBMByteTracker', motion=dict(type='KalmanFilter'), obj_score_thrs=dict(high=0.6, low=0.1),
-                   init_track_thr=0.7, weight_iou_with_det_scores=True,
-                   match_iou_thrs=dict(high=0.1, low=0.5, tentative=0.3), num_frames_retain=30,
-                   ebm=dict(enabled=True, refine_tentative=True, refine_lost=True, write_back=False))
-
-
-def main() -> None:
+# -------------------------------------------------------------------------------------- the CLI
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--ebm-work-dir', default='work_dirs/demo/ebm')
     parser.add_argument('--train-dir', default='work_dirs/tracking_bench')
@@ -350,130 +512,60 @@ def main() -> None:
                         help='also run configs/bytetrack_ebm_shapes-video.py through the Runner and MOTChallengeMetric')
     parser.add_argument('--out', default='docs/figures/tracking.md')
     parser.add_argument('--render-only', action='store_true', help='rewrite the .md from the .json next to it')
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     os.chdir(ROOT)
+    out = Path(args.out)
     if args.render_only:
-        Path(args.out).write_text(render(json.loads(Path(args.out).with_suffix('.json').read_text())))
+        out.write_text(render(json.loads(out.with_suffix('.json').read_text())))
         return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    import generate_mot_video
-    from ebm_det.tracking import EBMBoxRefiner, evaluate_mot, motmetrics_summary, success_auc
-    from ebm_det.tracking.metrics import read_mot_txt
 
     cfg_path, ckpt, origin = find_or_train(args)
-    cfg, model = build_detector(cfg_path, ckpt)
+    model = init_detector(cfg_path, ckpt, device='cpu')
     refiner = EBMBoxRefiner.from_detector(model, **({} if args.track_steps is None else
                                                     dict(num_steps=args.track_steps)))
     args.data = args.data or f'data/mot_gen/bench_{args.num_seqs}x{args.num_frames}_s{args.seed}'
-    data = Path(args.data)
-    split = 'val'
-    if not (data / 'annotations' / f'{split}_cocoformat.json').exists():
-        generate_mot_video.generate(data, args.num_seqs, args.num_frames, 256, args.seed, split)
+    split_dir = generate_video(Path(args.data), SPLIT, args.num_seqs, args.num_frames, args.seed)
     seqs = [f'SHAPES-{k + 1:02d}' for k in range(args.num_seqs)]
-    mot, sot_ious, n_frames, secs, det_iou = run_sequences(model, refiner, TRACKER_CFG, data / split, seqs,
-                                                           args.sot_det_thr, args.seed)
+    tracker_cfg = Config.fromfile(str(ROOT / MOT_CONFIG)).model.tracker.to_dict()
+    tallies = run_sequences(model, refiner, tracker_cfg, split_dir, seqs, args.seed, args.sot_det_thr)
 
-    gts = {s: read_mot_txt(data / split / s / 'gt' / 'gt.txt') for s in seqs}
-    mot_rows = []
-    for (src, name), res in mot.items():
-        r = evaluate_mot(data / split, res, seqs)['COMBINED']
-        mm = motmetrics_summary(gts, res)
-        mot_rows.append(dict(source=src, variant=name, HOTA=r['HOTA'], MOTA=r['MOTA'], IDF1=r['IDF1'],
-                             IDSW=int(r['IDSW']), FP=int(r['CLR_FP']), FN=int(r['CLR_FN']), DetA=r['DetA'],
-                             AssA=r['AssA'], mm_MOTA=mm['MOTA'], mm_IDF1=mm['IDF1']))
-    det_rows = [dict(source=src, matched=len(det_iou[(src, False)]), iou_before=float(np.mean(det_iou[(src, False)] or [0])),
-                     iou_after=float(np.mean(det_iou[(src, True)] or [0]))) for src in sorted({d for d, _ in SOURCES.values()})]
-    sot_rows = [dict(variant=name, success_auc=success_auc(sot_ious[name]), mean_iou=float(np.mean(sot_ious[name])),
-                     frames=len(sot_ious[name])) for name, _, _ in SOT_VARIANTS]
-
+    gts = {s: read_mot_txt(split_dir / s / 'gt' / 'gt.txt') for s in seqs}
+    lengths = {s: seq_length(split_dir / s) for s in seqs}
     check = {}
     if args.check_runner:
         t0 = time.perf_counter()
-        check = runner_check(cfg, ckpt, data, osp.join(args.train_dir, 'runner_check'))
+        check = runner_check(model.cfg.model, ckpt, Path(args.data), osp.join(args.train_dir, 'runner_check'))
         print(f'[tracking] runner check: {time.perf_counter() - t0:.0f} s', flush=True)
-
     memory = []
     if args.long_frames > 0:
-        long_root = Path(f'{args.data}_long{args.long_frames}')
-        if not (long_root / 'annotations' / 'long_cocoformat.json').exists():
-            generate_mot_video.generate(long_root, 1, args.long_frames, 256, args.seed, 'long')
+        long_dir = generate_video(Path(f'{args.data}_long{args.long_frames}'), LONG_SPLIT, 1, args.long_frames,
+                                  args.seed)
         t0 = time.perf_counter()
-        memory = memory_run(cfg, ckpt, long_root / 'long', 'SHAPES-01', max(1, args.long_frames // 12))
+        memory = memory_run(model.cfg.model, ckpt, long_dir / 'SHAPES-01', max(1, args.long_frames // MEMORY_SAMPLES))
         print(f'[tracking] memory run: {args.long_frames} frames in {time.perf_counter() - t0:.0f} s', flush=True)
 
+    codec = model.ebm_head.codec
     cmd = 'python tools/benchmarks/tracking.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
     result = dict(
         command=cmd.strip(), config=cfg_path, checkpoint=ckpt, origin=origin,
-        det_refine={k: model.test_cfg[k] for k in ('num_steps', 'step_sizes', 'decay')},
-        track_refine=dict(num_steps=refiner.num_steps, step_sizes=list(np.atleast_1d(refiner.step_sizes).tolist())),
-        num_seqs=args.num_seqs, num_frames=args.num_frames, seed=args.seed, frames=n_frames, seconds=secs,
-        gt_boxes=int(sum(len(g) for g in gts.values())), threads=args.threads, sot_det_thr=args.sot_det_thr,
-        long_frames=args.long_frames, peak_rss_mb=peak_rss_mb(), mot=mot_rows, sot=sot_rows, detections=det_rows,
+        det_refine=refine_settings(model.refine_cfg, codec, ('num_steps', 'step_sizes', 'decay')),
+        track_refine=refine_settings(refiner.cfg, codec, ('num_steps', 'step_sizes')),
+        num_seqs=args.num_seqs, num_frames=args.num_frames, seed=args.seed, frames=tallies.frames,
+        seconds=tallies.seconds, gt_boxes=int(sum(len(g) for g in gts.values())), threads=args.threads,
+        sot_det_thr=args.sot_det_thr, long_frames=args.long_frames, peak_rss_mb=peak_rss_mb(),
+        mot=mot_table(tallies, gts, lengths), sot=sot_table(tallies), detections=detection_table(tallies),
         memory=memory, runner=check)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).with_suffix('.json').write_text(json.dumps(result, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix('.json').write_text(json.dumps(result, indent=1))
     text = render(result)
     print(text)
-    Path(args.out).write_text(text)
-
-
-def render(r: dict) -> str:
-    """The markdown report of a result (the .json next to it)."""
-    md = [
-        '# Tracking with EBM box refinement (generated shapes video)', '',
-        f"Command: `{r['command']}`", '',
-        f"Detector + EBM: `{r['config']}` with `{r['checkpoint']}` ({r['origin']}); refinement of detections: "
-        f"{r['det_refine']}; of tracks: {r['track_refine']}.",
-        f"Data: `tools/data/generate_mot_video.py`, {r['num_seqs']} sequences x {r['num_frames']} frames, 256 px, "
-        f"seed {r['seed']} ({r['frames']} frames, {r['gt_boxes']} GT boxes); one detector pass per frame feeds every "
-        f"variant ({r['frames'] / r['seconds']:.2f} frames/s for all variants together, {r['threads']} thread(s)). "
-        'One seeded run on few frames, without confidence intervals: differences of about a point (0.01) are '
-        'not resolved by it.', '',
-        '## MOT: mmdet ByteTracker, trackeval (MOTChallenge preprocessing), motmetrics cross-check', '',
-        '| detections | variant | HOTA | MOTA | IDF1 | IDSW | FP | FN | DetA | AssA | motmetrics MOTA | motmetrics IDF1 |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|',
-        *[f"| {m['source']} | {m['variant']} | {m['HOTA']:.4f} | {m['MOTA']:.4f} | {m['IDF1']:.4f} | {m['IDSW']} | "
-          f"{m['FP']} | {m['FN']} | {m['DetA']:.4f} | {m['AssA']:.4f} | {m['mm_MOTA']:.4f} | {m['mm_IDF1']:.4f} |"
-          for m in r['mot']], '',
-        '`+ EBM dets`: detections refined by the EBM head (`refine_instances`, as `EBMRefineDetector`); `+ EBM '
-        'tracks`: each track\'s Kalman-predicted box refined on the frame before association (`EBMByteTracker`). '
-        'Within a detection source every row gets the same raw detections. `detector`: the Faster R-CNN\'s own '
-        'detections with ByteTrack\'s stock thresholds (high 0.6, low 0.1, new track 0.7); `detector, low thr`: '
-        'the same detections, thresholds 0.3 / 0.1 / 0.4; `noisy GT`: simulated detections (GT boxes jittered, '
-        'missed by visibility, low scores for occluded objects, random false positives; `noisy_gt_detections`), '
-        'which isolate the trackers and the EBM from the detector\'s quality. Refinement always runs on the '
-        'detector\'s neck features.', '',
-        'Refinement of the detections alone (each GT object\'s best detection, IoU >= 0.3 to it):', '',
-        '| detections | matched | mean IoU to GT, raw | after EBM refinement |', '|---|---|---|---|',
-        *[f"| {d['source']} | {d['matched']} | {d['iou_before']:.4f} | {d['iou_after']:.4f} |"
-          for d in r['detections']], '',
-        '## Single object (OPE): constant-velocity tracker, success AUC (21 IoU thresholds)', '',
-        '| variant | success AUC | mean IoU | scored frames |', '|---|---|---|---|',
-        *[f"| {o['variant']} | {o['success_auc']:.4f} | {o['mean_iou']:.4f} | {o['frames']} |" for o in r['sot']], '',
-        'Each GT track starts from its first GT box and is tracked alone: `constant velocity` (no measurement: '
-        'the box stays), `+ EBM` (the prediction refined by `EBMBoxRefiner` each frame), `+ dets` (the '
-        f"best-overlapping detector detection with score >= {r['sot_det_thr']} replaces the prediction at IoU >= "
-        '0.3), `+ dets + EBM` (refined prediction, refined detections).', '',
-    ]
-    if r['runner']:
-        md += ['## Cross-check: the same model through mmdet\'s Runner (`configs/bytetrack_ebm_shapes-video.py`, '
-               '`MOTChallengeDataset`, `MOTChallengeMetric` with PyPI trackeval)', '',
-               'Detections: `detector`, stock thresholds; compare with the first block of the MOT table.', '',
-               '| variant | HOTA | MOTA | IDF1 | IDSW | TP | FP | FN |', '|---|---|---|---|---|---|---|---|',
-               *[f"| {k} | {v['HOTA']:.4f} | {v['MOTA']:.4f} | {v['IDF1']:.4f} | {int(v['IDSW'])} | {int(v['TP'])} | "
-                 f"{int(v['FP'])} | {int(v['FN'])} |" for k, v in r['runner'].items()], '']
-    if r['memory']:
-        rss = [m for _, m, _, _ in r['memory']]
-        md += ['## Memory over a long sequence: `EBMByteTrack` (both refinements), frame by frame', '',
-               f"One generated sequence of {r['long_frames']} frames through the mmdet MOT model (`model.predict` "
-               'per frame, thresholds 0.3 / 0.1 / 0.4 so that tracks start and end throughout). Resident set size of '
-               f'the process after the sampled frames: {min(rss):.0f}-{max(rss):.0f} MB, last minus first sample '
-               f"{rss[-1] - rss[0]:+.1f} MB; process peak {r['peak_rss_mb']:.0f} MB (including the evaluation above).",
-               '',
-               '| frame | RSS (MB) | tracks held by the tracker | tracks started so far |', '|---|---|---|---|',
-               *[f'| {f} | {m} | {n} | {c} |' for f, m, n, c in r['memory']], '']
-    return '\n'.join(md)
+    out.write_text(text)
 
 
 if __name__ == '__main__':

@@ -1,18 +1,13 @@
-"""A simple batched constant-velocity single-object tracker, optionally corrected each frame by an
-``EBMBoxRefiner`` and/or by detections (for OPE success plots of the refiner)."""
-from typing import Dict, Optional, Sequence
+"""Single-object tracking of the tracking benchmark: a batched constant-velocity tracker, optionally
+corrected each frame by an ``EBMBoxRefiner`` and/or by detections, and the OPE success curve / AUC."""
+from typing import Dict, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
+from mmdet.structures.bbox import bbox_overlaps
 from torch import Tensor
 
-
-def _iou_matrix(a: Tensor, b: Tensor) -> Tensor:
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(-1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+SUCCESS_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # OTB's 21 overlap thresholds
 
 
 class ConstantVelocityTracker:
@@ -45,7 +40,7 @@ class ConstantVelocityTracker:
 
     def add(self, ids: Sequence, boxes: Tensor, feats: Optional[Sequence[Tensor]] = None,
             labels: Optional[Tensor] = None, scale_factor=None) -> None:
-        """Start targets at their first-frame (x1, y1, x2, y2) boxes (OPE initialisation). Their class
+        """Start targets at their first-frame (N, 4) x1y1x2y2 boxes (OPE initialisation). Their class
         for the refiner is ``labels``, else the refiner's best class at the box on ``feats``."""
         boxes = boxes.float().reshape(-1, 4)
         if labels is None:
@@ -60,7 +55,8 @@ class ConstantVelocityTracker:
         self.labels = torch.cat([self.labels, labels.long().reshape(-1)])
 
     def remove(self, ids: Sequence) -> None:
-        keep = [k for k, i in enumerate(self.ids) if i not in set(ids)]
+        gone = set(ids)
+        keep = [k for k, i in enumerate(self.ids) if i not in gone]
         self.ids = [self.ids[k] for k in keep]
         self.boxes, self.velocity, self.labels = self.boxes[keep], self.velocity[keep], self.labels[keep]
 
@@ -82,10 +78,22 @@ class ConstantVelocityTracker:
             pred, _ = self.refiner.refine(feats, pred, img_shape, labels=self.labels, scale_factor=scale_factor)
             pred = pred.cpu()
         if dets is not None and len(dets):
-            iou = _iou_matrix(pred, dets.float().cpu())
-            best, j = iou.max(1)
-            take = best >= self.det_iou_thr
-            pred = torch.where(take[:, None], dets.float().cpu()[j], pred)
+            dets = dets.float().cpu()
+            best, j = bbox_overlaps(pred, dets).max(1)
+            pred = torch.where((best >= self.det_iou_thr)[:, None], dets[j], pred)
         self.velocity = self.momentum * self.velocity + (1 - self.momentum) * (pred - old)
         self.boxes = pred
         return {i: pred[k] for k, i in enumerate(self.ids)}
+
+
+def success_curve(ious: Iterable[float], thresholds: np.ndarray = SUCCESS_THRESHOLDS) -> np.ndarray:
+    """(T,) fraction of frames whose IoU exceeds each of the (T,) thresholds (OPE success plot)."""
+    ious = np.asarray(list(ious), dtype=float)
+    if ious.size == 0:
+        return np.zeros(len(thresholds))
+    return (ious[None, :] > np.asarray(thresholds)[:, None]).mean(1)
+
+
+def success_auc(ious: Iterable[float], thresholds: np.ndarray = SUCCESS_THRESHOLDS) -> float:
+    """Area under the success curve: its mean over the thresholds (OTB's AUC)."""
+    return float(success_curve(ious, thresholds).mean())
