@@ -97,14 +97,13 @@ class QuadraticHead:
     def __init__(self, target):
         self.target = torch.as_tensor(target, dtype=torch.float64)
 
+    def score_boxes(self, feats, boxes, batch_idx, labels, context_boxes=None):
+        return -0.5 * ((boxes - self.target.to(boxes))**2).sum(-1)
+
     def refine(self, feats, boxes, batch_idx, labels, cfg):
         from ebm_det.core import IdentitySpace
-
-        def score(b, idx):
-            return -0.5 * ((b - self.target.to(b))**2).sum(-1)
-
-        return refine_by_gradient_ascent(score, boxes, cfg.step_sizes or 1.0, cfg.num_steps, cfg.decay,
-                                         space=IdentitySpace())
+        return refine_by_gradient_ascent(lambda b, idx: self.score_boxes(feats, b, idx, None), boxes,
+                                         cfg.step_sizes or 1.0, cfg.num_steps, cfg.decay, space=IdentitySpace())
 
 
 def test_refine_boxes_exact_small_case():
@@ -122,7 +121,25 @@ def test_refine_boxes_exact_small_case():
     assert out.boxes.tolist() == [[10., 10., 40., 50.], [5., 5., 5.5, 30.], [10., 10., 32., 32.], [9., 9., 39., 49.]]
     assert out.refined.tolist() == [True, False, True, False]
     assert out.ebm_scores[0] == 0 and math.isinf(out.ebm_scores[1]) and math.isinf(out.ebm_scores[3])
-    assert out.ebm_scores[2] == 0  # f at the refined box before clipping
+    # f at the box returned: clipped from the target (10, 10, 40, 50) to (10, 10, 32, 32): 8^2 + 18^2
+    assert out.ebm_scores[2] == -0.5 * (8**2 + 18**2)
+    assert out.init_scores[2] == -0.5 * (2**2 + 2**2 + 10**2 + 20**2) and math.isinf(out.init_scores[3])
+
+
+def test_refine_boxes_keeps_the_input_when_clipping_leaves_it_worse():
+    """Refinement moves a box towards a target outside the image; clipped, the box scores below the
+    input box, so the input box is kept (the score guarantee holds for the box returned)."""
+    head = QuadraticHead([40., 0., 80., 30.])  # mostly right of a 48-px-wide image
+    boxes = torch.tensor([[20., 0., 50., 30.]])
+    out = refine_boxes(head, None, boxes, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                       RefineConfig(num_steps=1, step_sizes=1.0), img_shapes=torch.tensor([[32, 48]]))
+    # f(input) = -(20^2 + 30^2) / 2 = -650; refined to the target, clipped to (40, 0, 48, 30):
+    # f = -32^2 / 2 = -512 > -650, kept
+    assert out.refined[0] and out.ebm_scores[0] == -512
+    out = refine_boxes(head, None, boxes, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                       RefineConfig(num_steps=1, step_sizes=1.0), img_shapes=torch.tensor([[32, 41]]))
+    # clipped to (40, 0, 41, 30): f = -39^2 / 2 = -760.5 < -650: the input box comes back
+    assert not out.refined[0] and torch.equal(out.boxes, boxes) and out.init_scores[0] == -650
 
 
 def test_refine_boxes_never_writes_back_a_box_that_clipping_makes_degenerate():

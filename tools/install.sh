@@ -79,7 +79,7 @@ if ! has mmdet3d 1.4.0; then
   $PIP --no-deps mmdet3d==1.4.0 lyft-dataset-sdk==0.0.8 nuscenes-devkit==1.2.0 || die mmdet3d
 fi
 missing=""
-for p in numba pyquaternion trimesh pandas scikit-learn cachetools lap trackeval motmetrics \
+for p in numba pyquaternion trimesh pandas scikit-learn cachetools lap trackeval motmetrics hypothesis \
          matplotlib pytest scipy terminaltables shapely; do
   has "$p" || missing="$missing $p"
 done

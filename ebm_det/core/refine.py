@@ -138,18 +138,20 @@ def select_for_refinement(scores: Tensor, valid: Tensor, batch_idx: Tensor, num_
 class RefinedBoxes(NamedTuple):
     boxes: Tensor  # (N, D) every input box: the refined one where ``refined``, else the input box
     ebm_scores: Tensor  # (N,) f at the output box; -inf where the box was not refined
-    refined: Tensor  # (N,) bool: refined, clipped and still valid, so written back
+    init_scores: Tensor  # (N,) f at the input box; -inf where the box was not selected
+    refined: Tensor  # (N,) bool: refined, clipped and still valid and no worse than the input, so written back
 
 
 def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: RefineConfig,
                  scores: Optional[Tensor] = None, img_shapes: Optional[Tensor] = None,
                  num_images: Optional[int] = None) -> RefinedBoxes:
     """The one refinement step of every box type and caller: select -> refine in the box space ->
-    clip (or wrap) -> keep the refined box only where it is still valid.
+    clip (or wrap) -> keep the refined box only where it is still valid and no worse than the input.
 
     Args:
-        head: an EBM head: ``head.codec`` (a ``BoxCodec``) and ``head.refine(feats, boxes, batch_idx,
-            labels, cfg) -> RefineResult`` (gradient ascent on f in ``codec.space``).
+        head: an EBM head: ``head.codec`` (a ``BoxCodec``), ``head.refine(feats, boxes, batch_idx,
+            labels, cfg) -> RefineResult`` (gradient ascent on f in ``codec.space``) and
+            ``head.score_boxes(feats, boxes, batch_idx, labels, context_boxes)`` (f, no gradient).
         feats: the features ``head.refine`` reads (the detector's neck output).
         boxes: (N, D) boxes in the frame of ``feats`` (2D: network-input pixels x1, y1, x2, y2;
             LiDAR: metres and radians).
@@ -160,9 +162,12 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
         img_shapes: (B, 2) (h, w) per image for 2D clipping; None: no clipping.
         num_images: B (default: ``img_shapes``' length, else max(batch_idx) + 1).
     Returns:
-        ``RefinedBoxes``. A box that is invalid (``codec.valid``: non-finite, too small), not
-        selected, or made invalid by refinement or clipping comes back exactly as given, with
-        ``ebm_scores`` -inf and ``refined`` False: no degenerate box is ever written back.
+        ``RefinedBoxes``. For every written-back box ``ebm_scores`` is f at the box returned (a
+        box that clipping changed is scored again, at the FPN level of its refinement) and at
+        least ``init_scores``. A box that is invalid (``codec.valid``: non-finite, too small), not
+        selected, made invalid by refinement or clipping, or that clipping leaves scoring below
+        its input, comes back exactly as given, with ``ebm_scores`` -inf and ``refined`` False:
+        no degenerate box is ever written back.
     """
     codec = head.codec
     n = boxes.shape[0]
@@ -173,14 +178,23 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
         sel = valid
     else:
         sel = select_for_refinement(scores, valid, batch_idx, num_images, cfg.score_thr, cfg.max_per_img)
-    res = head.refine(feats, boxes[sel], batch_idx[sel], labels[sel], cfg)
-    shapes = None if img_shapes is None else img_shapes.to(boxes.device)[batch_idx[sel]]
+    start, sel_idx, sel_labels = boxes[sel], batch_idx[sel], labels[sel]
+    res = head.refine(feats, start, sel_idx, sel_labels, cfg)
+    shapes = None if img_shapes is None else img_shapes.to(boxes.device)[sel_idx]
     out = codec.clip(res.boxes, shapes)
-    kept = codec.valid(out)  # refinement or clipping may have made a box degenerate: keep the input then
+    out_scores = res.scores.float()
+    clipped = (out != res.boxes).any(-1)
+    if bool(clipped.any()):  # one host sync per call, after the ascent
+        out_scores[clipped] = head.score_boxes(feats, out[clipped], sel_idx[clipped], sel_labels[clipped],
+                                               context_boxes=start[clipped]).float()
+    init = res.init_scores.float()
+    kept = codec.valid(out) & (out_scores >= init)  # refinement or clipping made it degenerate or worse
     refined = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     refined[sel] = kept
     new_boxes = boxes.clone()
-    new_boxes[sel] = torch.where(kept[:, None], out.to(boxes.dtype), boxes[sel])
+    new_boxes[sel] = torch.where(kept[:, None], out.to(boxes.dtype), start)
     ebm = torch.full((n, ), float('-inf'), device=boxes.device, dtype=torch.float32)
-    ebm[sel] = torch.where(kept, res.scores.float(), ebm[sel])
-    return RefinedBoxes(new_boxes, ebm, refined)
+    ebm[sel] = torch.where(kept, out_scores, ebm[sel])
+    init_all = torch.full_like(ebm, float('-inf'))
+    init_all[sel] = init
+    return RefinedBoxes(new_boxes, ebm, init_all, refined)

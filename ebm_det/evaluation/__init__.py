@@ -1,3 +1,3 @@
 """Evaluation helpers for ebm_det (mmdet3d is imported lazily by each helper)."""
-from .initial_metric import InitialPredictionMetric, swap_initial_fields  # noqa: F401
+from .initial_metric import InitialPredictionMetric, require_initial_fields, swap_initial_fields  # noqa: F401
 from .kitti_cpu_iou import install_cpu_kitti_eval, rotate_iou_cpu_eval, select_kitti_iou_backend  # noqa: F401

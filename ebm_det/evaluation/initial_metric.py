@@ -20,6 +20,24 @@ def swap_initial_fields(sample: dict, suffix: str = '_init') -> dict:
     return out
 
 
+def require_initial_fields(sample: dict) -> None:
+    """Raise unless some prediction of a data-sample dict has a ``*_init`` field.
+
+    Raises:
+        ValueError: none has: the predictions did not come from an EBM refine detector, or a
+            wrapper rebuilt them and dropped the fields (mmdet's ``DetTTAModel`` does;
+            ``EBMDetTTAModel`` keeps them). Scoring the refined boxes as the detector's would make
+            a silently wrong before/after table.
+    """
+    preds = [v for k, v in sample.items() if k.startswith('pred') and isinstance(v, dict)]
+    if not any(f.endswith('_init') for pred in preds for f in pred):
+        name = sample.get('img_path', sample.get('lidar_path', sample.get('sample_idx', '?')))
+        raise ValueError(f'InitialPredictionMetric: the predictions of {name} have no *_init fields (the '
+                         "detector's boxes before refinement): they did not come from an EBM refine detector, or "
+                         'a wrapper rebuilt them without those fields (for test-time augmentation use '
+                         "tta_model=dict(type='EBMDetTTAModel', ...) instead of DetTTAModel).")
+
+
 @METRICS.register_module()
 class InitialPredictionMetric(BaseMetric):
     """Wraps any metric (CocoMetric, KittiMetric, ...) and evaluates it on the predictions as
@@ -44,6 +62,9 @@ class InitialPredictionMetric(BaseMetric):
         self.metric.dataset_meta = meta
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        """Raises ValueError (``require_initial_fields``) for a prediction without ``*_init`` fields."""
+        for sample in data_samples:
+            require_initial_fields(sample)
         self.metric.results = self.results  # the wrapped metric appends to our list
         self.metric.process(data_batch, [swap_initial_fields(s) for s in data_samples])
 

@@ -82,6 +82,16 @@ class BaseEBMHead(BaseModule):
         return out[:, 0] if out.shape[1] == 1 else out.gather(1, labels.long()[:, None])[:, 0]
 
     @torch.no_grad()
+    def score_boxes(self, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor,
+                    context_boxes: Optional[Tensor] = None) -> Tensor:
+        """f at (N, D) boxes on raw ``feats``, without gradient: (N,) in the head's dtype. The
+        per-box context (2D: the FPN level) comes from ``context_boxes`` when given, so a box is
+        scored where it was refined."""
+        prepared = self.prepare_features(feats)
+        context = self.box_context(boxes if context_boxes is None else context_boxes, batch_idx)
+        return self.score(prepared, boxes, batch_idx, labels, **context)
+
+    @torch.no_grad()
     def best_labels(self, feats, boxes: Tensor, batch_idx: Tensor) -> Tensor:
         """(N,) the class whose f is highest at each (N, D) box (0 for a class-agnostic head); raw
         ``feats`` as the detector gives them."""

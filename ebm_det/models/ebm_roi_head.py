@@ -51,8 +51,7 @@ class EBMRoIHead(StandardRoIHead):
             results = [self._nms_by_ebm(x, r, i, rcnn_test_cfg) for i, r in enumerate(raw)]
         else:
             results = super().predict_bbox(x, batch_img_metas, rpn_results_list, rcnn_test_cfg, rescale=False)
-        if self.refine_cfg.enabled:
-            refine_instances(self.ebm_head, x, results, batch_img_metas, self.refine_cfg)
+        refine_instances(self.ebm_head, x, results, batch_img_metas, self.refine_cfg)
         if rescale:
             for r, meta in zip(results, batch_img_metas):
                 inv = [1 / s for s in meta['scale_factor']]

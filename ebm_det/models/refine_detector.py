@@ -14,7 +14,7 @@ from mmdet.utils import ConfigType, OptConfigType
 from mmengine.runner import load_checkpoint
 from torch import Tensor
 
-from ebm_det.core import RefineConfig, refine_boxes
+from ebm_det.core import RefineConfig, RefinedBoxes, refine_boxes
 
 
 def feature_module(detector: torch.nn.Module) -> torch.nn.Module:
@@ -54,7 +54,7 @@ def refine_instances(head, feats, preds: Sequence, img_metas: Sequence[dict], cf
         feats: the detector's features of the batch.
         preds: per image an InstanceData in the frame of ``feats`` (2D: network-input pixels).
         img_metas: per image its metainfo; 2D boxes are clipped to ``img_shape``.
-        cfg: ``RefineConfig``.
+        cfg: ``RefineConfig``; with ``enabled=False`` the fields below are written, boxes unchanged.
 
     Each InstanceData gains ``<boxes>_init`` and ``<scores>_init`` (the detector's) and
     ``ebm_scores`` (f at the output box, -inf where not refined); ``<boxes>`` holds the refined
@@ -73,8 +73,12 @@ def refine_instances(head, feats, preds: Sequence, img_metas: Sequence[dict], cf
     img_shapes = None
     if codec.clips_to_image:
         img_shapes = torch.tensor([m['img_shape'][:2] for m in img_metas], device=device)
-    out = refine_boxes(head, feats, boxes, batch_idx, labels, cfg, scores=scores, img_shapes=img_shapes,
-                       num_images=len(preds))
+    if cfg.enabled:
+        out = refine_boxes(head, feats, boxes, batch_idx, labels, cfg, scores=scores, img_shapes=img_shapes,
+                           num_images=len(preds))
+    else:  # refinement off: the before/after fields still say what happened (nothing)
+        none = torch.full_like(scores, float('-inf'))
+        out = RefinedBoxes(boxes, none, none, torch.zeros_like(scores, dtype=torch.bool))
     new_scores = scores
     if cfg.rescore_weight > 0:
         w = cfg.rescore_weight
@@ -209,20 +213,24 @@ class EBMRefineDetector(BaseDetector):
     def detect(self, batch_inputs, batch_data_samples: SampleList, rescale: bool = True,
                refine: Optional[bool] = None) -> Tuple[SampleList, Tuple[Tensor, ...]]:
         """The inner detector's own prediction and the features it computed, in one pass; then
-        refinement (``refine``, default ``test_cfg.enabled``); then the boxes go to the original
-        image (``rescale``). Boxes change frame once, at the end.
+        refinement; then the boxes go to the original image (``rescale``). Boxes change frame once,
+        at the end.
 
         Args:
             batch_inputs, batch_data_samples: as ``predict`` takes them, i.e. after the data
                 preprocessor (``model.data_preprocessor(data, False)``; ``model.test_step`` does it).
+            rescale: boxes to the original image (``metainfo['scale_factor']``).
+            refine: None: as ``test_cfg`` says (``enabled=False`` still writes the before/after
+                fields, boxes unchanged); True: refine even if disabled; False: the inner detector's
+                raw results, without the before/after fields (to refine later with ``refine``).
 
         Returns:
             (results, feats): data samples as the inner detector's ``predict`` gives them (plus
             the refinement fields), and its neck's features of the batch.
         """
         results, feats = detect_with_features(self.detector, batch_inputs, batch_data_samples, rescale=False)
-        if self.refine_cfg.enabled if refine is None else refine:
-            self.refine(feats, results)
+        if refine is not False:
+            self.refine(feats, results, self.refine_cfg.replace(enabled=True) if refine else None)
         if rescale:
             self.rescale(results)
         return results, feats

@@ -24,8 +24,8 @@ class EBMRefineDetector3D(EBMRefineDetector):
                refine: Optional[bool] = None, **kwargs):
         """As ``EBMRefineDetector.detect``; LiDAR boxes have one frame, so ``rescale`` is unused."""
         results, feats = detect_with_features(self.detector, batch_inputs_dict, batch_data_samples, **kwargs)
-        if self.refine_cfg.enabled if refine is None else refine:
-            self.refine(feats, results)
+        if refine is not False:
+            self.refine(feats, results, self.refine_cfg.replace(enabled=True) if refine else None)
         return results, feats
 
     def rescale(self, results):
