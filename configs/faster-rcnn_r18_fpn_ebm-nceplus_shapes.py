@@ -10,6 +10,7 @@ model = dict(
     detector={{_base_.model}},
     backbone=dict(),  # read by mmdet.apis.init_detector
     detector_checkpoint=None,
+    # pooling='prroi' for Precise RoI Pooling (default 'grid_sample', RoIAlign with box gradients)
     ebm_head=dict(type='EBMBoxHead', num_classes=5, in_channels=64, max_gt_per_batch=24))
 
 max_iters = 600

@@ -11,6 +11,7 @@ model = dict(
     detector={{_base_.model}},
     backbone=dict(),  # read by mmdet.apis.init_detector
     detector_checkpoint='checkpoints/faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth',
+    # the paper's head; pooling='prroi' for its Precise RoI Pooling (default 'grid_sample')
     ebm_head=dict(type='EBMBoxHead', num_classes=80))
 
 train_cfg = _base_.ebm_2d_60k.train_cfg

@@ -224,8 +224,9 @@ def test_loss_settings_without_type_update_the_heads_default():
 
 
 # ------------------------------------------------------------------------- features, dtypes, hooks
-def _tiny_model():
+def _tiny_model(pooling='grid_sample'):
     cfg = _shapes_ebm_cfg()
+    cfg.model.ebm_head.pooling = pooling
     torch.manual_seed(0)
     model = _build(cfg.model)
     model.init_weights()
@@ -282,10 +283,13 @@ def test_half_precision_features_refine_with_a_float32_head(dtype):
     assert pred.bboxes.dtype == torch.float32
 
 
-def test_head_refine_is_the_core_refiner_in_the_head_space():
+@pytest.mark.parametrize('pooling', ['grid_sample', 'prroi'])
+def test_head_refine_is_the_core_refiner_in_the_head_space(pooling):
     """``EBMBoxHead.refine`` is ``refine_by_gradient_ascent`` on ``head.score`` in (cx/w0, cy/h0, log w,
-    log h), with the box's FPN level held fixed: the same result, computed by hand."""
-    model = _tiny_model()
+    log h), with the box's FPN level held fixed: the same result, computed by hand; and the head's
+    pooling is the core's sampler of that name."""
+    from ebm_det.core import roi_grid_sample, roi_prroi_pool
+    model = _tiny_model(pooling)
     head = model.ebm_head
     feats = [torch.randn(1, 64, 96 // s, 128 // s) for s in (4, 8, 16, 32)]
     boxes = torch.tensor([[10., 12., 60., 50.], [30., 30., 100., 90.]])
@@ -299,3 +303,28 @@ def test_head_refine_is_the_core_refiner_in_the_head_space():
     assert isinstance(res, RefineResult)
     torch.testing.assert_close(res.boxes, ref.boxes)
     torch.testing.assert_close(res.scores, ref.scores)
+    assert (res.attempted == 4).all() and (res.accepted <= res.attempted).all() and res.accepted.sum() > 0
+    with torch.no_grad():
+        if pooling == 'prroi':
+            rois = roi_prroi_pool(prepared, boxes, idx, levels, head.featmap_strides, head.roi_size)
+        else:
+            rois = roi_grid_sample(prepared, boxes, idx, levels, head.featmap_strides, head.roi_size, 2)
+        by_hand = head.fc_score(head.fcs(rois.flatten(1))).gather(1, labels[:, None])[:, 0]
+    torch.testing.assert_close(res.init_scores, by_hand)
+
+
+def test_prroi_head_trains_and_refines_raising_f():
+    model = _tiny_model('prroi')
+    head = model.ebm_head.train()
+    feats = [torch.randn(2, 64, 96 // s, 128 // s) for s in (4, 8, 16, 32)]
+    gt = [torch.tensor([[10., 12., 60., 50.]]), torch.tensor([[30., 30., 100., 90.], [5., 5., 40., 40.]])]
+    loss = head.loss(feats, gt, [torch.tensor([0]), torch.tensor([3, 1])])['loss_ebm']
+    loss.backward()
+    assert torch.isfinite(loss) and head.fcs[0].weight.grad.abs().sum() > 0
+    head.eval()
+    boxes, idx, labels = torch.cat(gt), torch.tensor([0, 1, 1]), torch.tensor([0, 3, 1])
+    with torch.no_grad():
+        res = head.refine(feats, boxes, idx, labels, RefineConfig(step_sizes=(0.05, 0.05, 0.1, 0.1)))
+    assert (res.scores >= res.init_scores).all() and (res.scores > res.init_scores).any()
+    with pytest.raises(ValueError, match='pooling'):
+        _build(dict(type="EBMBoxHead", num_classes=2, pooling="prroipool"))

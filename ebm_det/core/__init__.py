@@ -5,6 +5,7 @@ from .losses import (LOSSES, DSMLoss, EBMLoss, GaussianLogProb, KLDISLoss, MLISL
                      build_loss, dsm_loss, kld_is_loss, langevin_samples, ml_is_loss, ml_mcmc_loss, nce_loss,
                      nce_plus_loss)
 from .noise import GMMNoise
+from .prroi_pool import PrRoIPoolTables, prroi_pool, roi_prroi_pool
 from .refine import RefinedBoxes, RefineResult, refine_boxes, refine_by_gradient_ascent, select_for_refinement
 from .sampling import roi_grid_sample, rotated_bev_grid_sample, sampling_layout, sort_by_group
 from .settings import RefineConfig, strict_fields
@@ -15,5 +16,6 @@ __all__ = [
     'NCEPlusLoss', 'build_loss', 'dsm_loss', 'kld_is_loss', 'langevin_samples', 'ml_is_loss', 'ml_mcmc_loss',
     'nce_loss', 'nce_plus_loss', 'GMMNoise', 'RefinedBoxes', 'RefineResult', 'refine_boxes',
     'refine_by_gradient_ascent', 'select_for_refinement', 'roi_grid_sample', 'rotated_bev_grid_sample',
-    'sampling_layout', 'sort_by_group', 'RefineConfig', 'strict_fields'
+    'sampling_layout', 'sort_by_group', 'RefineConfig', 'strict_fields', 'PrRoIPoolTables', 'prroi_pool',
+    'roi_prroi_pool'
 ]

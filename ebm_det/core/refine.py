@@ -17,6 +17,14 @@ class RefineResult(NamedTuple):
     scores: Tensor  # (N,) f at the refined boxes
     init_scores: Tensor  # (N,) f at the input boxes
     steps: int  # steps actually run (< num_steps when every box converged)
+    accepted: Optional[Tensor] = None  # (N,) long: steps of each box that raised f (the rest were reverted)
+    attempted: Optional[Tensor] = None  # (N,) long: steps each box took part in
+
+    PER_BOX = ('boxes', 'scores', 'init_scores', 'accepted', 'attempted')
+
+    def take(self, index: Tensor) -> 'RefineResult':
+        """The per-box fields at ``index`` (a permutation or a selection)."""
+        return self._replace(**{f: getattr(self, f)[index] for f in self.PER_BOX if getattr(self, f) is not None})
 
 
 def _score_and_grad(score_fn: IndexedScoreFn, space, y: Tensor, ref: Optional[Tensor],
@@ -79,16 +87,20 @@ def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
             for start in range(0, n, chunk_size)
         ]
         return RefineResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ('boxes', 'scores', 'init_scores')),
-                            steps=max(p.steps for p in parts))
+                            steps=max(p.steps for p in parts),
+                            accepted=torch.cat([p.accepted for p in parts]),
+                            attempted=torch.cat([p.attempted for p in parts]))
     work = boxes.float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes
     ref = (work if ref is None else ref.to(work.dtype)).detach()
     # clone: IdentitySpace.encode returns its input, which the loop below updates in place
     y = space.encode(work.detach(), ref).clone()
     lam = torch.as_tensor(step_sizes, dtype=y.dtype, device=y.device).expand_as(y).clone()
     index = torch.arange(n, device=y.device)
+    counts = torch.zeros(n, dtype=torch.long, device=y.device)
     if n == 0:
         empty = y.new_zeros(0)
-        return RefineResult(boxes.clone(), empty, empty, 0)
+        return RefineResult(boxes.clone(), empty, empty, 0, counts, counts.clone())
+    accepted, attempted = counts, counts.clone()
 
     scores, grad = _score_and_grad(score_fn, space, y, ref, index)
     init_scores = scores.clone()
@@ -105,13 +117,15 @@ def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
         scores[active] = torch.where(better, cand_scores, scores[active])
         grad[active] = torch.where(keep, cand_grad, grad[active])
         lam[active] = torch.where(keep, lam[active], lam[active] * decay)
+        accepted[active] += better.long()
+        attempted[active] += 1
         if tol > 0:
             moving = (lam[active] * grad[active]).abs().amax(-1) >= tol
             active = active[moving]  # one host sync per step, never per box
             if active.numel() == 0:
                 break
     out = space.decode(space.project(y), ref).to(boxes.dtype)
-    return RefineResult(out.detach(), scores, init_scores, steps)
+    return RefineResult(out.detach(), scores, init_scores, steps, accepted, attempted)
 
 
 def select_for_refinement(scores: Tensor, valid: Tensor, batch_idx: Tensor, num_images: int, score_thr: float,

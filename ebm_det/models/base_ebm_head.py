@@ -178,7 +178,7 @@ class BaseEBMHead(BaseModule):
             return res
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
-        return res._replace(boxes=res.boxes[inverse], scores=res.scores[inverse], init_scores=res.init_scores[inverse])
+        return res.take(inverse)
 
     def _features_as_head_dtype(self, feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """Half-precision (or any other dtype) features are cast to the head's dtype, so a float32

@@ -7,7 +7,7 @@ from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ebm_det.core import Box2DCodec, roi_grid_sample, sampling_layout, sort_by_group
+from ebm_det.core import Box2DCodec, PrRoIPoolTables, roi_grid_sample, roi_prroi_pool, sampling_layout, sort_by_group
 from .base_ebm_head import BaseEBMHead
 
 
@@ -25,7 +25,12 @@ class EBMBoxHead(BaseEBMHead):
         reduced_channels: if set, a 1x1 conv reduces the features to this many channels, once
             per image, before sampling (cheaper sampling and a smaller first fc).
         roi_size: output bins per side of the RoI sampler (7).
-        sampling_ratio: bilinear samples per bin per side (2).
+        pooling: how a bin's feature is computed, in training and refinement alike:
+            'grid_sample' (default): RoIAlign(aligned=True) from ``sampling_ratio``^2 bilinear
+            samples (``roi_grid_sample``); 'prroi': Precise RoI Pooling, the exact integral of the
+            bilinear map over the bin (``roi_prroi_pool``; the ECCV paper's pooling; its box
+            gradient is continuous).
+        sampling_ratio: bilinear samples per bin per side (2; 'grid_sample' only).
         featmap_strides: strides of the levels used (P2-P5: 4, 8, 16, 32).
         finest_scale: level mapping as in mmdet's ``SingleRoIExtractor`` (56).
         fc_channels: width of the two hidden fc layers (1024).
@@ -37,12 +42,14 @@ class EBMBoxHead(BaseEBMHead):
         max_gt_per_batch: at most this many GT boxes (chosen at random) feed the loss per batch.
     """
     DEFAULT_LOSS = dict(type='NCEPlusLoss', num_samples=128, beta=0.1)
+    POOLINGS = ('grid_sample', 'prroi')
 
     def __init__(self,
                  num_classes: int,
                  in_channels: int = 256,
                  reduced_channels: Optional[int] = None,
                  roi_size: int = 7,
+                 pooling: str = 'grid_sample',
                  sampling_ratio: int = 2,
                  featmap_strides: Sequence[int] = (4, 8, 16, 32),
                  finest_scale: int = 56,
@@ -55,7 +62,10 @@ class EBMBoxHead(BaseEBMHead):
         super().__init__(Box2DCodec(min_box_size), loss, self.DEFAULT_LOSS, MODELS, max_gt_per_batch, init_cfg)
         self.num_classes = num_classes
         self.class_agnostic = class_agnostic
+        if pooling not in self.POOLINGS:
+            raise ValueError(f'pooling must be one of {self.POOLINGS}, got {pooling!r}')
         self.roi_size = roi_size
+        self.pooling = pooling
         self.sampling_ratio = sampling_ratio
         self.featmap_strides = tuple(featmap_strides)
         # mmdet's own level mapping (its RoIAlign layers are not used: they give no box gradient)
@@ -71,9 +81,11 @@ class EBMBoxHead(BaseEBMHead):
 
     def prepare_features(self, feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """The levels this head samples from, in the head's dtype, channel-reduced once per image
-        if configured."""
+        if configured; for 'prroi', their integral tables (built once, pooled at every step)."""
         feats = self._features_as_head_dtype(feats[:len(self.featmap_strides)])
         feats = tuple(self.reduce(f) for f in feats) if self.reduce is not None else feats
+        if self.pooling == 'prroi':
+            return tuple(PrRoIPoolTables(f) for f in feats)
         return tuple(sampling_layout(f) for f in feats)
 
     def map_levels(self, boxes: Tensor) -> Tensor:
@@ -90,6 +102,9 @@ class EBMBoxHead(BaseEBMHead):
 
     def class_scores(self, feats: Sequence[Tensor], boxes: Tensor, batch_idx: Tensor, levels: Tensor) -> Tensor:
         """(N, 4) input-pixel boxes on ``prepare_features`` output -> (N, C) scores."""
-        rois = roi_grid_sample(feats, boxes, batch_idx, levels, self.featmap_strides, self.roi_size,
-                               self.sampling_ratio)
+        if self.pooling == 'prroi':
+            rois = roi_prroi_pool(feats, boxes, batch_idx, levels, self.featmap_strides, self.roi_size)
+        else:
+            rois = roi_grid_sample(feats, boxes, batch_idx, levels, self.featmap_strides, self.roi_size,
+                                   self.sampling_ratio)
         return self.fc_score(self.fcs(rois.flatten(1)))

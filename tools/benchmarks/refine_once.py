@@ -2,8 +2,8 @@
 T = 10, on random 256-channel P2-P5 maps of an 800x1344 image (median of 3 after a warm-up). A quick
 check of head and sampler levers:
 
-    python tools/benchmarks/refine_once.py [--reduced-channels 64] [--fc-channels 512] [--compile]
-        [--amp bfloat16] [--profile]
+    python tools/benchmarks/refine_once.py [--pooling prroi] [--reduced-channels 64] [--fc-channels 512]
+        [--compile] [--amp bfloat16] [--profile]
 """
 import argparse
 import time
@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument('--boxes', type=int, default=100)
     parser.add_argument('--reduced-channels', type=int, default=None)
     parser.add_argument('--fc-channels', type=int, default=1024)
+    parser.add_argument('--pooling', choices=['grid_sample', 'prroi'], default='grid_sample')
     parser.add_argument('--compile', action='store_true', help='torch.compile the fc layers')
     parser.add_argument('--profile', action='store_true', help='print the top ops of one call')
     parser.add_argument('--amp', choices=['bfloat16', 'float16'], help='run the head under autocast')
@@ -27,7 +28,7 @@ def main() -> None:
     n = args.boxes
     torch.manual_seed(0)
     head = EBMBoxHead(num_classes=80, in_channels=256, reduced_channels=args.reduced_channels,
-                      fc_channels=args.fc_channels).eval()
+                      fc_channels=args.fc_channels, pooling=args.pooling).eval()
     if args.compile:
         head.fcs = torch.compile(head.fcs)
     feats = [torch.randn(1, 256, 200 // s, 336 // s) for s in (1, 2, 4, 8)]

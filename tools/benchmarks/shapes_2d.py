@@ -3,12 +3,13 @@ refinement on the generated shapes set, plus test-time variants, as a markdown t
 
     python tools/benchmarks/shapes_2d.py [--det-iters 2400] [--ebm-iters 600] [--num-train 600]
         [--num-val 150] [--work work_dirs/bench_2d] [--out docs/figures/shapes_2d.md]
-        [--reduced-channels 16 ...]
+        [--reduced-channels 16 ...] [--pooling prroi]
 
 Trains through tools/demo.sh (skipping what its work dir already holds), then runs tools/test.py
 once per variant: the paper's settings, step sizes x10, and score fusion with f (rescore_weight);
-with --reduced-channels, also EBM heads with a 1x1 channel reduction (a speed lever), trained on
-the same frozen detector. Ends with the detector's and the refinement's time per image, measured
+with --reduced-channels, also EBM heads with a 1x1 channel reduction (a speed lever), and with
+--pooling prroi a head on Precise RoI Pooling, each trained on the same frozen detector with the
+same budget. Ends with the detector's and the refinement's time per image, measured
 on one ``detect`` pass (no refinement) followed by ``refine`` on its features, and the localisation
 of the same detections before and after refinement.
 """
@@ -50,15 +51,18 @@ def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict
     return metrics
 
 
-def load_model_and_batches(work: Path, data: str, num_batches: int):
-    """The trained EBM detector (``init_detector``, CPU) and its first ``num_batches`` preprocessed
-    test batches of ``data``."""
+def load_model_and_batches(work: Path, data: str, num_batches: int, ebm_dir: str = 'ebm', options=()):
+    """The trained EBM detector of ``work/<ebm_dir>`` (``init_detector``, CPU, config ``options``)
+    and its first ``num_batches`` preprocessed test batches of ``data``."""
     from mmdet.apis import init_detector
-    from mmengine.config import Config
+    from mmengine.config import Config, DictAction
     from mmengine.runner import Runner
     cfg = Config.fromfile(str(ROOT / EBM_CFG))
     cfg.test_dataloader.dataset.data_root = f'{data}/'
-    model = init_detector(cfg, (work / 'ebm' / 'last_checkpoint').read_text().strip(), device='cpu')
+    for option in options:
+        key, value = option.split('=', 1)
+        cfg.merge_from_dict({key: DictAction._parse_iterable(value)})
+    model = init_detector(cfg, (work / ebm_dir / 'last_checkpoint').read_text().strip(), device='cpu')
     loader = Runner.build_dataloader(cfg.test_dataloader)
     return model, [model.data_preprocessor(b, False) for _, b in zip(range(num_batches), loader)]
 
@@ -96,19 +100,37 @@ def localisation(results) -> dict:
                 improved=float((after > before).float().mean()))
 
 
-def time_refinement(work: Path, data: str, num_batches: int = TIMING_BATCHES) -> dict:
-    """Detector inference vs refinement time on the first val batches, in this process (no
-    evaluation or data loading inside the timed region), and the localisation of the refined pass."""
+def rejected_share(model, batch: dict) -> tuple:
+    """(rejected, attempted) refinement steps of the detector's boxes of one batch: the ascent on f
+    in the head's box space (``EBMBoxHead.refine``), untimed, on the valid boxes."""
     import torch
-    model, batches = load_model_and_batches(work, data, num_batches)
+    results, feats = model.detect(batch['inputs'], batch['data_samples'], rescale=False, refine=False)
+    head = model.ebm_head
+    boxes = torch.cat([r.pred_instances.bboxes for r in results])
+    labels = torch.cat([r.pred_instances.labels for r in results])
+    batch_idx = torch.cat([torch.full((len(r.pred_instances), ), i) for i, r in enumerate(results)])
+    valid = head.codec.valid(boxes)
+    res = head.refine(feats, boxes[valid], batch_idx[valid], labels[valid], model.refine_cfg)
+    return int((res.attempted - res.accepted).sum()), int(res.attempted.sum())
+
+
+def time_refinement(work: Path, data: str, ebm_dir: str = 'ebm', options=(), num_batches: int = TIMING_BATCHES) -> dict:
+    """Detector inference vs refinement time on the first val batches, in this process (no
+    evaluation or data loading inside the timed region), the localisation of the refined pass, and
+    the share of refinement steps that were rejected."""
+    import torch
+    model, batches = load_model_and_batches(work, data, num_batches, ebm_dir, options)
     with torch.no_grad():  # refinement enables the gradients it needs
         timed_detect_and_refine(model, batches[0])  # warm-up
         passes = [timed_detect_and_refine(model, b) for b in batches]
+        # before the next passes: mmdet's predict writes its results into the batch's data samples
+        located = localisation([r for p in passes for r in p[0]])
+        steps = [rejected_share(model, b) for b in batches]
     images = sum(len(b['data_samples']) for b in batches)
     det_ms = 1000 * sum(p[1] for p in passes) / images
     refine_ms = 1000 * sum(p[2] for p in passes) / images
     return dict(images=images, det_ms=det_ms, refine_ms=refine_ms, ratio=refine_ms / det_ms,
-                **localisation([r for p in passes for r in p[0]]))
+                rejected=sum(r for r, _ in steps) / max(1, sum(a for _, a in steps)), **located)
 
 
 def parse_args() -> argparse.Namespace:
@@ -123,6 +145,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--reduced-channels', type=int, nargs='*', default=[],
                         help='also train EBM heads with a 1x1 reduction to these channels (a speed lever) and '
                         'test them')
+    parser.add_argument('--pooling', nargs='*', default=[], choices=['prroi'],
+                        help='also train an EBM head with this RoI pooling (PrRoIPool) and test it')
     return parser.parse_args()
 
 
@@ -147,20 +171,28 @@ def variant_rows(work: Path, data: str) -> list:
     return rows
 
 
-def reduced_channel_rows(work: Path, data: str, channels: int, env: dict) -> list:
-    """The speed lever: an EBM head with a 1x1 reduction to ``channels``, trained by tools/demo.sh on
-    the same frozen detector, then tested with the first variants."""
-    ebm_dir, option = f'ebm_reduced{channels}', f'model.ebm_head.reduced_channels={channels}'
+def head_variant_rows(work: Path, data: str, label: str, ebm_dir: str, option: str, env: dict) -> list:
+    """Another EBM head (``option``, e.g. a 1x1 channel reduction or PrRoIPool) trained by
+    tools/demo.sh on the same frozen detector with the same budget, then tested with the first
+    variants."""
     subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT,
                    env=dict(env, EBM_DIR=ebm_dir, EBM_OPTS=option, RUN_TEST='0'))
-    return [ap_row(f'refined, 1x1 reduction to {channels} ch: {name}',
-                   run_test(work, data, [option, *options], ebm_dir))
+    return [ap_row(f'refined, {label}: {name}', run_test(work, data, [option, *options], ebm_dir))
             for name, options in list(VARIANTS.items())[:REDUCED_VARIANTS]]
 
 
-def timing_rows(t: dict) -> list:
-    return [f"Time per image ({t['images']} val images, batch 2, CPU threads {os.cpu_count()}): detector "
-            f"{t['det_ms']:.0f} ms, refinement (T=10) {t['refine_ms']:.0f} ms, ratio {t['ratio']:.2f}", '',
+def head_variants(args: argparse.Namespace) -> list:
+    """(label, work sub-directory, config option) of every extra head the arguments ask for."""
+    out = [(f'1x1 reduction to {c} ch', f'ebm_reduced{c}', f'model.ebm_head.reduced_channels={c}')
+           for c in args.reduced_channels]
+    out += [(f'{p} pooling', f'ebm_{p}', f'model.ebm_head.pooling={p}') for p in args.pooling]
+    return out
+
+
+def timing_rows(t: dict, label: str) -> list:
+    return [f"{label}: time per image ({t['images']} val images, batch 2, CPU threads {os.cpu_count()}): detector "
+            f"{t['det_ms']:.0f} ms, refinement (T=10) {t['refine_ms']:.0f} ms, ratio {t['ratio']:.2f}; "
+            f"{100 * t['rejected']:.1f}% of the refinement steps were rejected (f would have dropped)", '',
             f"Localisation on the same images: {t['matched']} detections (score >= {MATCH_SCORE}, IoU >= {MATCH_IOU} "
             f"with a GT box of their class): mean IoU {t['iou_before']:.3f} -> {t['iou_after']:.3f} after refinement; "
             f"{100 * t['improved']:.0f}% of them improved"]
@@ -180,9 +212,12 @@ def main() -> None:
             '| boxes | ' + ' | '.join(k.replace('bbox_', '') for k in KEYS) + ' |',
             '|---|' + '---|' * len(KEYS)]
     rows += variant_rows(work, args.data)
-    for channels in args.reduced_channels:
-        rows += reduced_channel_rows(work, args.data, channels, env)
-    rows += [''] + timing_rows(time_refinement(work, args.data))
+    extra = head_variants(args)
+    for label, ebm_dir, option in extra:
+        rows += head_variant_rows(work, args.data, label, ebm_dir, option, env)
+    rows += [''] + timing_rows(time_refinement(work, args.data), 'the default head')
+    for label, ebm_dir, option in extra:
+        rows += [''] + timing_rows(time_refinement(work, args.data, ebm_dir, [option]), label)
     text = '\n'.join(rows) + '\n'
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
