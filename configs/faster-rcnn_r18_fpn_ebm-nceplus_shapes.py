@@ -25,3 +25,5 @@ default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, inte
 # refined boxes under coco/..., the detector's own under coco_init/...
 val_evaluator = [_base_.val_evaluator, dict(type='InitialPredictionMetric', metric=_base_.val_evaluator)]
 test_evaluator = val_evaluator
+# mmdet's `tools/test.py --tta`: flipped views merged as DetTTAModel does, before/after pairs kept
+tta_model = dict(type='EBMDetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))

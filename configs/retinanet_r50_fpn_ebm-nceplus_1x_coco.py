@@ -20,3 +20,4 @@ log_processor = _base_.ebm_2d_60k.log_processor
 
 val_evaluator = [_base_.val_evaluator, dict(type='InitialPredictionMetric', metric=_base_.val_evaluator)]
 test_evaluator = val_evaluator
+tta_model = dict(type='EBMDetTTAModel')  # the stock TTA settings; before/after pairs kept

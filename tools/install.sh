@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the OpenMMLab stack that ebm_det needs into the current Python, skipping whatever is
-# already there. A second run takes seconds. Facts behind each step: ../shared/ENVIRONMENT.md.
+# already there. A second run takes seconds. Why each pin and patch: README.md, Quick start.
 #
 #   PYTHON=python3      interpreter to install into
 #   TORCH_SPEC          torch pin used only when no torch is importable
@@ -85,7 +85,12 @@ for p in numba pyquaternion trimesh pandas scikit-learn cachetools lap trackeval
 done
 [ -z "$missing" ] || { step "installing$missing"; $PIP $missing || die "$missing"; }
 
-# 5. ebm_det itself, editable.
-has ebm_det || { step "installing ebm_det (editable)"; $PIP --no-deps --no-build-isolation -e "$ROOT" || die ebm_det; }
+# 5. ebm_det itself, editable, from this checkout (an install from another checkout would run
+#    that checkout's code from every tool here).
+where=$(cd / && $PYTHON -c 'import ebm_det, os; print(os.path.dirname(os.path.dirname(os.path.realpath(ebm_det.__file__))))' 2>/dev/null || true)
+if [ "$where" != "$(realpath "$ROOT")" ]; then
+  step "installing ebm_det (editable) from $ROOT${where:+ (was $where)}"
+  $PIP --no-deps --no-build-isolation -e "$ROOT" || die ebm_det
+fi
 $PYTHON -c 'import mmcv.ops, mmdet, mmdet3d, ebm_det' || die "import check"
-step "ready: torch $TORCH_VER, mmcv $($PYTHON -c 'import mmcv; print(mmcv.__version__)'), mmdet 3.3.0, mmdet3d 1.4.0"
+step "ready: torch $TORCH_VER, mmcv $($PYTHON -c 'import mmcv; print(mmcv.__version__)'), mmdet 3.3.0, mmdet3d 1.4.0, ebm_det from $ROOT"

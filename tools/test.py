@@ -26,16 +26,18 @@ def parse_args() -> argparse.Namespace:
 
 
 def before_after_table(metrics: dict, suffix: str = '_init') -> str:
-    """Rows 'metric | before | after' for every key 'P/name' with a 'P_init/name' sibling."""
+    """Rows 'metric | before (P_init/name) | after (P/name) | change' for every key 'P/name' with a
+    'P_init/name' sibling."""
     rows = []
     for key, after in metrics.items():
         prefix, _, name = key.partition('/')
         before = metrics.get(f'{prefix}{suffix}/{name}')
         if before is not None and isinstance(after, (int, float)):
-            rows.append(f'{key:<32} {before:>8.4f} {after:>8.4f} {after - before:>+8.4f}')
+            rows.append(f'{name:<40} {before:>8.4f} {after:>8.4f} {after - before:>+8.4f}')
+            head = f"{'metric (' + prefix + suffix + '/ -> ' + prefix + '/)':<40} {'before':>8} {'after':>8} {'change':>8}"
     if not rows:
         return ''
-    return '\n'.join([f"{'metric':<32} {'before':>8} {'after':>8} {'change':>8}", *rows])
+    return '\n'.join([head, *rows])
 
 
 def main() -> None:

@@ -181,7 +181,9 @@ class EBMRefineDetector(BaseDetector):
             found = '; '.join(f'{kind}: {", ".join(keys[:5])}{" ..." if len(keys) > 5 else ""} ({len(keys)})'
                               for kind, keys in problems.items())
             raise RuntimeError(f'the checkpoint does not fit this {type(self).__name__} config, so some weights would '
-                               f'stay random: {found}. A plain detector checkpoint goes to model.detector_checkpoint.')
+                               f'stay random: {found}. A plain detector checkpoint goes to model.detector_checkpoint; '
+                               'otherwise the config differs from the one the checkpoint was trained with (e.g. the '
+                               "head's reduced_channels, fc_channels or num_classes).")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

@@ -114,7 +114,11 @@ class EBMBoxRefiner:
             device. A box that is not valid (non-finite, under ``codec.min_size``), or that
             refinement plus clipping would make degenerate, comes back exactly as given, with
             score -inf: no degenerate box ever reaches a tracker's state.
+        Raises:
+            ValueError: ``boxes`` not shaped (N, 4).
         """
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f'EBMBoxRefiner.refine takes (N, 4) x1y1x2y2 boxes, got shape {tuple(boxes.shape)}')
         device = feats[0].device
         n = boxes.shape[0]
         factor = torch.as_tensor(scale_factor if scale_factor is not None else (1.0, 1.0), dtype=torch.float32,
