@@ -328,3 +328,76 @@ def test_prroi_head_trains_and_refines_raising_f():
     assert (res.scores >= res.init_scores).all() and (res.scores > res.init_scores).any()
     with pytest.raises(ValueError, match='pooling'):
         _build(dict(type="EBMBoxHead", num_classes=2, pooling="prroipool"))
+
+
+# ------------------------------------------------------------- training throughput (frozen detector)
+def test_head_updates_take_k_steps_on_one_detector_forward():
+    from mmdet.structures import DetDataSample
+    from mmengine.optim import OptimWrapper
+    from mmengine.structures import InstanceData
+    cfg = _shapes_ebm_cfg()
+    cfg.model.head_updates = 3
+    cfg.model.ebm_head.loss = dict(num_samples=8)
+    torch.manual_seed(0)
+    model = _build(cfg.model)
+    model.init_weights()
+    model.train()
+    calls = dict(extract=0, steps=0)
+    extract = model.detector.extract_feat
+
+    def counted_extract(x):
+        calls['extract'] += 1
+        return extract(x)
+
+    model.detector.extract_feat = counted_extract
+    optim = OptimWrapper(torch.optim.SGD(model.ebm_head.parameters(), lr=0.1))
+    step = optim.step
+
+    def counted_step(*a, **k):
+        calls['steps'] += 1
+        return step(*a, **k)
+
+    optim.step = counted_step
+    sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), scale_factor=(1., 1.)))
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[5., 6., 40., 50.]]), labels=torch.tensor([2]))
+    before = model.ebm_head.fc_score.weight.detach().clone()
+    log = model.train_step(dict(inputs=[torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)],
+                                data_samples=[sample]), optim)
+    assert calls == dict(extract=1, steps=3) and 'loss_ebm' in log
+    assert not torch.equal(before, model.ebm_head.fc_score.weight)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.detector.parameters())
+    for bad in (dict(head_updates=0), dict(feature_cache=-1), dict(head_updates=2, freeze_detector=False)):
+        with pytest.raises(ValueError):
+            _build(dict(cfg.model, **bad))
+
+
+def test_feature_cache_reuses_exact_inputs_only():
+    from ebm_det.models.refine_detector import FeatureCache
+    cache = FeatureCache(max_images=3)
+    calls = []
+
+    def extract(x):
+        calls.append(x.shape[0])
+        return (x * 2, x.mean(1, keepdim=True))
+
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randn(2, 3, 8, 8, generator=g)
+    first = cache.features(batch, extract)
+    again = cache.features(batch.clone(), extract)  # the same pixels: from the cache
+    assert calls == [2] and cache.hits == 2
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b)
+    flipped = batch.flip(-1)  # an augmented view: a new entry, never the stale one
+    out = cache.features(flipped, extract)
+    assert calls == [2, 2]
+    torch.testing.assert_close(out[0], flipped * 2)
+    assert len(cache.store) == 3  # at most 3 images: the least recently used went first
+    cache.features(flipped, extract)
+    assert calls == [2, 2] and cache.hits == 4
+    mixed = torch.stack([flipped[0], batch[0]])  # one cached image, one evicted: only that one runs
+    out = cache.features(mixed, extract)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(out[0], mixed * 2)
+    torch.testing.assert_close(out[1], mixed.mean(1, keepdim=True))
+    with pytest.raises(ValueError, match='image batches'):
+        cache.features(dict(points=[]), extract)
