@@ -1,0 +1,123 @@
+"""AP gain against training wall-clock for K head updates per frozen-detector forward
+(``EBMRefineDetector(head_updates=K)``), on the 2D benchmark's frozen detector.
+
+    python tools/benchmarks/head_throughput.py [--updates 1 2 4 8] [--iters 600] [--every 150]
+        [--feature-cache 1200] [--work work_dirs/bench_2d] [--data data/shapes_bench]
+        [--out docs/figures/head_throughput.md]
+
+For each K an NCE+ head is trained by tools/demo.sh on the detector that ``tools/benchmarks/
+shapes_2d.py`` trained into ``--work`` (it must exist), with a checkpoint every ``--every``
+iterations; each checkpoint is tested once (tools/test.py: COCO AP of the detector's and of the
+refined boxes from one pass). Training time at a checkpoint is the checkpoint file's time since the
+run started (so it includes start-up). Writes a markdown table and a plot (``.png`` beside it).
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EBM_CFG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
+METRICS = ('bbox_mAP', 'bbox_mAP_75')
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--updates', type=int, nargs='+', default=[1, 2, 4, 8], help='K values')
+    p.add_argument('--iters', type=int, default=600, help='EBM training iterations (batches) per K')
+    p.add_argument('--every', type=int, default=150, help='checkpoint (and test) interval')
+    p.add_argument('--feature-cache', type=int, default=1200, help='images whose features are cached (0: off)')
+    p.add_argument('--work', default='work_dirs/bench_2d')
+    p.add_argument('--data', default='data/shapes_bench')
+    p.add_argument('--out', default='docs/figures/head_throughput.md')
+    return p.parse_args()
+
+
+def train(args, k: int) -> tuple:
+    """Train the K-update head (skipped when its last checkpoint exists); (work dir name, start time)."""
+    name = f'ebm_k{k}_cache{args.feature_cache}'
+    if (ROOT / args.work / name / 'last_checkpoint').exists():
+        return name, None
+    options = (f'model.head_updates={k} model.feature_cache={args.feature_cache} '
+               f'default_hooks.checkpoint.interval={args.every} default_hooks.checkpoint.max_keep_ckpts=100')
+    env = dict(os.environ, WORK=args.work, DATA=args.data, EBM_DIR=name, EBM_ITERS=str(args.iters), EBM_OPTS=options,
+               RUN_TEST='0')
+    start = time.time()
+    subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
+    (ROOT / args.work / name / 'start_time').write_text(str(start))
+    return name, start
+
+
+def test(args, checkpoint: Path) -> dict:
+    """COCO metrics of one checkpoint (refined ``coco/``, the detector's ``coco_init/``)."""
+    out = checkpoint.with_suffix('.metrics.json')
+    if not out.exists():
+        ann = f'{args.data}/annotations/instances_val.json'
+        subprocess.run([sys.executable, 'tools/test.py', EBM_CFG, str(checkpoint), '--work-dir',
+                        str(ROOT / args.work / 'test'), '--out-json', str(out), '--cfg-options',
+                        f'test_dataloader.dataset.data_root={args.data}/', f'test_evaluator.0.ann_file={ann}',
+                        f'test_evaluator.1.metric.ann_file={ann}'], check=True, cwd=ROOT)
+    return json.loads(out.read_text())
+
+
+def curve(args, k: int) -> list:
+    """[(iteration, minutes, AP gain, AP75 gain, AP, AP75)] at each checkpoint of the K run."""
+    name, _ = train(args, k)
+    folder = ROOT / args.work / name
+    start = float((folder / 'start_time').read_text())
+    rows = []
+    for it in range(args.every, args.iters + 1, args.every):
+        ckpt = folder / f'iter_{it}.pth'
+        m = test(args, ckpt)
+        gains = [100 * (m[f'coco/{key}'] - m[f'coco_init/{key}']) for key in METRICS]
+        rows.append((it, (ckpt.stat().st_mtime - start) / 60, *gains, 100 * m['coco/bbox_mAP'],
+                     100 * m['coco/bbox_mAP_75']))
+    return rows
+
+
+def plot(curves: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for k, rows in curves.items():
+        minutes = [r[1] for r in rows]
+        for ax, col in zip(axes, (2, 3)):
+            ax.plot(minutes, [r[col] for r in rows], 'o-', label=f'K = {k}')
+    for ax, name in zip(axes, ('AP', 'AP75')):
+        ax.set_xlabel('EBM training time (min, 2 CPU cores)')
+        ax.set_ylabel(f'{name} gain over the detector (points)')
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_args()
+    if not (ROOT / args.work / 'det' / 'last_checkpoint').exists():
+        raise SystemExit(f'no detector in {args.work}/det: run tools/benchmarks/shapes_2d.py first')
+    curves = {k: curve(args, k) for k in args.updates}
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot(curves, out.with_suffix('.png'))
+    command = 'python tools/benchmarks/head_throughput.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    lines = [f'Command: `{command.strip()}` (feature cache {args.feature_cache} images, checkpoint every '
+             f'{args.every} iterations of batch 4)', '',
+             '| K | iterations | training min | AP gain | AP75 gain | AP | AP75 |', '|---|---|---|---|---|---|---|']
+    for k, rows in curves.items():
+        lines += [f'| {k} | {it} | {mins:.1f} | {ap:+.1f} | {ap75:+.1f} | {a:.1f} | {a75:.1f} |'
+                  for it, mins, ap, ap75, a, a75 in rows]
+    lines += ['', f'![AP gain against training time]({out.with_suffix(".png").name})']
+    text = '\n'.join(lines) + '\n'
+    out.write_text(text)
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
