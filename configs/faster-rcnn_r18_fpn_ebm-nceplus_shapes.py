@@ -10,6 +10,7 @@ model = dict(
     detector={{_base_.model}},
     backbone=dict(),  # read by mmdet.apis.init_detector
     detector_checkpoint=None,
+    val_loss=True,  # ebm/val_loss: the EBM loss around the val set's ground truth (EBMLossMetric)
     # pooling='prroi' for Precise RoI Pooling (default 'grid_sample', RoIAlign with box gradients)
     ebm_head=dict(type='EBMBoxHead', num_classes=5, in_channels=64, max_gt_per_batch=24))
 
@@ -22,8 +23,10 @@ param_scheduler = [
 optim_wrapper = dict(_delete_=True, type='OptimWrapper', optimizer=dict(type='Adam', lr=1e-4))
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 
-# refined boxes under coco/..., the detector's own under coco_init/...
-val_evaluator = [_base_.val_evaluator, dict(type='InitialPredictionMetric', metric=_base_.val_evaluator)]
+# refined boxes under coco/..., the detector's own under coco_init/...; refine/...: how refinement
+# moved the detections that found an object (mean IoU before/after, share made worse); ebm/val_loss
+val_evaluator = [_base_.val_evaluator, dict(type='InitialPredictionMetric', metric=_base_.val_evaluator),
+                 dict(type='RefinementLocalisationMetric'), dict(type='EBMLossMetric')]
 test_evaluator = val_evaluator
 # mmdet's `tools/test.py --tta`: flipped views merged as DetTTAModel does, before/after pairs kept
 tta_model = dict(type='EBMDetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))

@@ -48,7 +48,8 @@ def tiny_shapes_config(tmp_path: Path, base: str, data_root: Path, max_iters: in
     ann = f'{data_root}/annotations/instances_val.json'
     evaluator = "dict(type='CocoMetric', ann_file=ann, metric='bbox')"
     if 'ebm' in base:
-        evaluator = f"[{evaluator}, dict(type='InitialPredictionMetric', metric={evaluator})]"
+        evaluator = (f"[{evaluator}, dict(type='InitialPredictionMetric', metric={evaluator}), "
+                     "dict(type='RefinementLocalisationMetric'), dict(type='EBMLossMetric')]")
     text = f"""
     _base_ = ['{ROOT}/configs/{base}']
     ann = '{ann}'

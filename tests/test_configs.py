@@ -21,7 +21,7 @@ def test_config_builds(name):
     if cfg.model.type.startswith('EBMRefine'):
         assert model.freeze_detector == cfg.model.get('freeze_detector', True)
         evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
-        assert [e['type'] for e in evaluators][-1] == 'InitialPredictionMetric'
+        assert 'InitialPredictionMetric' in [e['type'] for e in evaluators]
         if cfg.model.type == 'EBMRefineDetector':  # mmdet's --tta must keep the before/after pairs
             assert cfg.tta_model.type == 'EBMDetTTAModel' and cfg.tta_model.tta_cfg.nms.iou_threshold == 0.5
     assert DefaultScope.get_current_instance().scope_name == scope

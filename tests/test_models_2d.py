@@ -1,4 +1,5 @@
 """The mmdet layer: registration, EBMBoxHead, EBMRefineDetector through the mmengine Runner."""
+import math
 import subprocess
 import sys
 
@@ -162,6 +163,40 @@ def test_runner_train_freezes_detector_and_tests_before_after(trained):
     same = run_config(trained['ebm_cfg'], trained['tmp'] / 'test_off', trained['ebm_ckpt'], test=True,
                 **{'model.test_cfg.enabled': False})
     assert same['coco/bbox_mAP'] == same['coco_init/bbox_mAP']
+
+
+def test_runner_selects_and_stops_on_the_validation_signals(trained, shapes_root):
+    """ebm/val_loss and the refined-minus-initial AP reach mmengine's CheckpointHook(save_best) and
+    EarlyStoppingHook through the Runner's validation."""
+    tmp = trained['tmp']
+    extra = f"""
+    model = dict(detector_checkpoint='{trained['det_ckpt']}')
+    val_evaluator = [dict(type='CocoMetric', ann_file=ann, metric='bbox'),
+                     dict(type='InitialPredictionMetric', report_gain=True,
+                          metric=dict(type='CocoMetric', ann_file=ann, metric='bbox')),
+                     dict(type='RefinementLocalisationMetric', score_thr=0.0), dict(type='EBMLossMetric')]
+    train_cfg = dict(max_iters=4, val_interval=2)
+    default_hooks = dict(checkpoint=dict(interval=2, save_best='ebm/val_loss'))
+    custom_hooks = [dict(type='EarlyStoppingHook', monitor='coco_gain/bbox_mAP', rule='greater', patience=5)]
+    """
+    import textwrap
+    cfg = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root, max_iters=4,
+                             extra=textwrap.dedent(extra))
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    c = Config.fromfile(str(cfg))
+    c.work_dir = str(tmp / 'signals')
+    c.experiment_name = 'signals'
+    runner = Runner.from_cfg(c)
+    runner.train()
+    scalars = runner.message_hub.log_scalars
+    losses = scalars['val/ebm/val_loss'].data[0]
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+    best = list((tmp / 'signals').glob('best_ebm_val_loss_iter_*.pth'))
+    assert len(best) == 1 and int(best[0].stem.rsplit('_', 1)[1]) == (2 if losses[0] <= losses[1] else 4)
+    gain = scalars['val/coco_gain/bbox_mAP'].current()
+    assert gain == pytest.approx(scalars['val/coco/bbox_mAP'].current() - scalars['val/coco_init/bbox_mAP'].current())
+    assert 'val/refine/iou_gain' in scalars and 'val/refine/worse' in scalars
 
 
 def test_runner_resume_under_weights_only(trained, shapes_root):

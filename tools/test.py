@@ -1,5 +1,6 @@
 """Test a checkpoint through the mmengine Runner; for EBM refine detectors, print the metrics of
-the detector's boxes and of the refined boxes side by side (from one run).
+the detector's boxes and of the refined boxes side by side (from one run), and say loudly when
+refinement made AP or the matched detections' mean IoU worse.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
 """
@@ -40,6 +41,24 @@ def before_after_table(metrics: dict, suffix: str = '_init') -> str:
     return '\n'.join([head, *rows])
 
 
+def refinement_losses(metrics: dict, suffix: str = '_init') -> list:
+    """'name: before -> after' for every AP-like result (a name containing 'AP') and every mean IoU
+    of matched detections (``RefinementLocalisationMetric``'s ``iou`` vs ``iou_init``) that
+    refinement lowered."""
+    worse = []
+    for key, after in metrics.items():
+        prefix, _, name = key.partition('/')
+        if name.endswith(suffix) and f'{prefix}/{name[:-len(suffix)]}' in metrics:  # refine/iou_init
+            before, after, name = after, metrics[f'{prefix}/{name[:-len(suffix)]}'], f'{prefix}/{name[:-len(suffix)]}'
+        elif 'AP' in name and f'{prefix}{suffix}/{name}' in metrics:
+            before, name = metrics[f'{prefix}{suffix}/{name}'], key
+        else:
+            continue
+        if isinstance(after, (int, float)) and isinstance(before, (int, float)) and after < before:
+            worse.append(f'{name}: {before:.4f} -> {after:.4f}')
+    return worse
+
+
 def main() -> None:
     args = parse_args()
     cfg = Config.fromfile(args.config)
@@ -53,6 +72,11 @@ def main() -> None:
     table = before_after_table(metrics)
     if table:
         print('\nBefore (detector) vs after (EBM refinement):\n' + table)
+    worse = refinement_losses(metrics)
+    if worse:
+        print('\n' + '!' * 78 + '\n!!! EBM REFINEMENT MADE THESE WORSE on the evaluated set: ' + '; '.join(worse) +
+              "\n!!! The head does not generalise to these images. See the README's 'Training on a small data set'"
+              '\n!!! (regularise, stop on ebm/val_loss, or gate with test_cfg.min_gain).\n' + '!' * 78)
     if args.out_json:
         with open(args.out_json, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, f, indent=1)

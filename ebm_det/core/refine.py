@@ -160,7 +160,8 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
                  scores: Optional[Tensor] = None, img_shapes: Optional[Tensor] = None,
                  num_images: Optional[int] = None) -> RefinedBoxes:
     """The one refinement step of every box type and caller: select -> refine in the box space ->
-    clip (or wrap) -> keep the refined box only where it is still valid and no worse than the input.
+    clip (or wrap) -> keep the refined box only where it is still valid and no worse than the input
+    (at least ``cfg.min_gain`` better, when the refinement gate is set).
 
     Args:
         head: an EBM head: ``head.codec`` (a ``BoxCodec``), ``head.refine(feats, boxes, batch_idx,
@@ -180,7 +181,8 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
         box that clipping changed is scored again, at the FPN level of its refinement) and at
         least ``init_scores``. A box that is invalid (``codec.valid``: non-finite, too small), not
         selected, made invalid by refinement or clipping, or that clipping leaves scoring below
-        its input, comes back exactly as given, with ``ebm_scores`` -inf and ``refined`` False:
+        its input (below its input + ``cfg.min_gain``), comes back exactly as given, with
+        ``ebm_scores`` -inf and ``refined`` False:
         no degenerate box is ever written back.
     """
     codec = head.codec
@@ -202,7 +204,8 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
         out_scores[clipped] = head.score_boxes(feats, out[clipped], sel_idx[clipped], sel_labels[clipped],
                                                context_boxes=start[clipped]).float()
     init = res.init_scores.float()
-    kept = codec.valid(out) & (out_scores >= init)  # refinement or clipping made it degenerate or worse
+    # refinement or clipping made it degenerate or worse, or it gained less than the gate's margin
+    kept = codec.valid(out) & (out_scores >= init + cfg.gain_margin(sel_labels))
     refined = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     refined[sel] = kept
     new_boxes = boxes.clone()

@@ -62,6 +62,12 @@ class RefineConfig:
         rescore_weight: w in [0, 1]; w > 0 replaces a refined box's score s by
             s^(1 - w) * sigmoid(f)^w. 0 leaves the detector's scores unchanged.
         enabled: False skips refinement in ``predict`` (the detector's boxes pass through).
+        min_gain: the refinement gate: a refined box is written back only if f rose by at least
+            this much over the input box (f(refined) >= f(input) + min_gain); otherwise the input
+            box comes back unrefined. A scalar, or one value per class (indexed by the box's label;
+            ``inf`` never refines that class). >= 0; 0 (default) keeps every refined box that is
+            no worse, as the papers do. Calibrate it on held-out data with
+            ``tools/calibrate_gate.py``, never on the images it is scored on.
 
     Raises:
         ValueError: an unknown key or a value outside its range.
@@ -75,6 +81,7 @@ class RefineConfig:
     chunk_size: Optional[int] = None
     rescore_weight: float = 0.0
     enabled: bool = True
+    min_gain: Union[float, Sequence[float]] = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 0:
@@ -96,6 +103,12 @@ class RefineConfig:
             raise ValueError(f'rescore_weight must be in [0, 1], got {self.rescore_weight!r}')
         if not isinstance(self.enabled, bool):
             raise ValueError(f'enabled must be True or False, got {self.enabled!r}')
+        gains = (self.min_gain, ) if isinstance(self.min_gain, (int, float)) else tuple(self.min_gain)
+        if not gains or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0 for g in gains):
+            raise ValueError(f'min_gain must be a number >= 0 (inf allowed) or a non-empty sequence of them, one per '
+                             f'class, got {self.min_gain!r}')
+        if not isinstance(self.min_gain, (int, float)):
+            object.__setattr__(self, 'min_gain', tuple(float(g) for g in gains))
 
     @classmethod
     def build(cls, cfg=None, **overrides) -> 'RefineConfig':
@@ -108,6 +121,14 @@ class RefineConfig:
     def replace(self, **changes) -> 'RefineConfig':
         """A copy with ``changes`` (checked like the constructor)."""
         return RefineConfig.build(self, **changes)
+
+    def gain_margin(self, labels: 'torch.Tensor') -> Union[float, 'torch.Tensor']:
+        """``min_gain`` for boxes of classes ``labels`` ((N,) long): a float, or an (N,) tensor on
+        the labels' device for per-class gates."""
+        if isinstance(self.min_gain, (int, float)):
+            return float(self.min_gain)
+        import torch
+        return torch.tensor(self.min_gain, device=labels.device)[labels]
 
     def step_sizes_for(self, dim: int, default: StepSizes) -> Tuple[float, ...]:
         """The step sizes to use in a ``dim``-dimensional box space (``default`` when unset)."""

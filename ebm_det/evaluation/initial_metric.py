@@ -2,6 +2,7 @@
 from typing import Optional, Sequence
 
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import print_log
 from mmengine.registry import METRICS
 
 
@@ -38,6 +39,15 @@ def require_initial_fields(sample: dict) -> None:
                          "tta_model=dict(type='EBMDetTTAModel', ...) instead of DetTTAModel).")
 
 
+def warn_if_worse(name: str, before: float, after: float, scope: str) -> None:
+    """Log a WARNING, loudly, when refinement made ``name`` worse (``after < before``)."""
+    if after < before:
+        print_log(f'!!! EBM refinement LOWERED {name} on the evaluated set: {before:.4f} -> {after:.4f} '
+                  f'({after - before:+.4f}, {scope}). The head does not generalise to these images; see the '
+                  "README's 'Training on a small data set' (regularise, stop on ebm/val_loss, or gate with "
+                  'test_cfg.min_gain).', logger='current', level=30)
+
+
 @METRICS.register_module()
 class InitialPredictionMetric(BaseMetric):
     """Wraps any metric (CocoMetric, KittiMetric, ...) and evaluates it on the predictions as
@@ -47,11 +57,20 @@ class InitialPredictionMetric(BaseMetric):
         metric: config of the wrapped metric.
         prefix: key prefix of the results; defaults to the wrapped metric's prefix + '_init'
             (e.g. ``coco_init/bbox_mAP`` beside ``coco/bbox_mAP``).
+        report_gain: also evaluate the wrapped metric on the refined predictions and report, for
+            every numeric result, refined minus initial under the wrapped metric's prefix +
+            '_gain' (``coco_gain/bbox_mAP``), a key mmengine's ``CheckpointHook(save_best=...)``
+            and ``EarlyStoppingHook(monitor=...)`` can watch (give them ``rule='greater'``). It
+            costs a second evaluation of the wrapped metric. A WARNING is logged for every AP-like
+            result (name containing 'AP') that refinement lowered.
     """
 
-    def __init__(self, metric: dict, prefix: Optional[str] = None, collect_device: str = 'cpu') -> None:
+    def __init__(self, metric: dict, prefix: Optional[str] = None, collect_device: str = 'cpu',
+                 report_gain: bool = False) -> None:
         self.metric = METRICS.build(metric)
+        self.refined_metric = METRICS.build(metric) if report_gain else None
         super().__init__(collect_device=collect_device, prefix=prefix or f'{self.metric.prefix}_init')
+        self.gain_prefix = f'{self.metric.prefix}_gain'
 
     @property
     def dataset_meta(self) -> Optional[dict]:
@@ -60,13 +79,40 @@ class InitialPredictionMetric(BaseMetric):
     @dataset_meta.setter
     def dataset_meta(self, meta: dict) -> None:
         self.metric.dataset_meta = meta
+        if self.refined_metric is not None:
+            self.refined_metric.dataset_meta = meta
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Raises ValueError (``require_initial_fields``) for a prediction without ``*_init`` fields."""
         for sample in data_samples:
             require_initial_fields(sample)
-        self.metric.results = self.results  # the wrapped metric appends to our list
+        initial = []
+        self.metric.results = initial  # the wrapped metric appends to this list
         self.metric.process(data_batch, [swap_initial_fields(s) for s in data_samples])
+        if self.refined_metric is None:
+            self.results.extend(initial)
+            return
+        refined = []
+        self.refined_metric.results = refined
+        self.refined_metric.process(data_batch, data_samples)
+        self.results.extend(zip(initial, refined))
 
     def compute_metrics(self, results: list) -> dict:
-        return self.metric.compute_metrics(results)
+        if self.refined_metric is None:
+            return self.metric.compute_metrics(results)
+        before = self.metric.compute_metrics([r[0] for r in results])
+        after = self.refined_metric.compute_metrics([r[1] for r in results])
+        gains = {k: after[k] - v for k, v in before.items() if isinstance(v, (int, float)) and k in after}
+        for k, gain in gains.items():
+            if 'AP' in k:
+                warn_if_worse(k, before[k], after[k], f'{self.metric.prefix} on the refined vs the initial boxes')
+        return {**before, **{GAIN_TAG + k: v for k, v in gains.items()}}
+
+    def evaluate(self, size: int) -> dict:
+        """mmengine's evaluate; the gains go under ``<wrapped prefix>_gain/``."""
+        metrics = super().evaluate(size)
+        tag = f'{self.prefix}/{GAIN_TAG}'
+        return {(f'{self.gain_prefix}/{k[len(tag):]}' if k.startswith(tag) else k): v for k, v in metrics.items()}
+
+
+GAIN_TAG = 'refined_minus_initial:'

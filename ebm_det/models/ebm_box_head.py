@@ -34,6 +34,8 @@ class EBMBoxHead(BaseEBMHead):
         featmap_strides: strides of the levels used (P2-P5: 4, 8, 16, 32).
         finest_scale: level mapping as in mmdet's ``SingleRoIExtractor`` (56).
         fc_channels: width of the two hidden fc layers (1024).
+        dropout: p of dropout after each hidden fc layer in training (0: none, the paper's head); a
+            regulariser for small training sets. Refinement runs the head in eval mode (no dropout).
         class_agnostic: one score for every class.
         loss: an EBM loss config (``BaseEBMHead``); default ``DEFAULT_LOSS``: NCE+, M = 128,
             beta = 0.1, the papers' K = 3 noise.
@@ -54,6 +56,7 @@ class EBMBoxHead(BaseEBMHead):
                  featmap_strides: Sequence[int] = (4, 8, 16, 32),
                  finest_scale: int = 56,
                  fc_channels: int = 1024,
+                 dropout: float = 0.0,
                  class_agnostic: bool = False,
                  loss: Optional[dict] = None,
                  min_box_size: float = 1.0,
@@ -74,9 +77,13 @@ class EBMBoxHead(BaseEBMHead):
             out_channels=in_channels, featmap_strides=list(featmap_strides), finest_scale=finest_scale)
         self.reduce = nn.Conv2d(in_channels, reduced_channels, 1) if reduced_channels else None
         channels = reduced_channels or in_channels
+        if not 0 <= dropout < 1:
+            raise ValueError(f'dropout must be in [0, 1), got {dropout!r}')
+        # the activations hold no weights, so checkpoints load with or without dropout
+        act = (lambda: nn.Sequential(nn.ReLU(inplace=True), nn.Dropout(dropout))) if dropout else \
+            (lambda: nn.ReLU(inplace=True))
         self.fcs = nn.Sequential(
-            nn.Linear(channels * roi_size * roi_size, fc_channels), nn.ReLU(inplace=True),
-            nn.Linear(fc_channels, fc_channels), nn.ReLU(inplace=True))
+            nn.Linear(channels * roi_size * roi_size, fc_channels), act(), nn.Linear(fc_channels, fc_channels), act())
         self.fc_score = nn.Linear(fc_channels, 1 if class_agnostic else num_classes)
 
     def prepare_features(self, feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:

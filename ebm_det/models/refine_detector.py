@@ -58,8 +58,9 @@ def refine_instances(head, feats, preds: Sequence, img_metas: Sequence[dict], cf
         img_metas: per image its metainfo; 2D boxes are clipped to ``img_shape``.
         cfg: ``RefineConfig``; with ``enabled=False`` the fields below are written, boxes unchanged.
 
-    Each InstanceData gains ``<boxes>_init`` and ``<scores>_init`` (the detector's) and
-    ``ebm_scores`` (f at the output box, -inf where not refined); ``<boxes>`` holds the refined
+    Each InstanceData gains ``<boxes>_init`` and ``<scores>_init`` (the detector's),
+    ``ebm_scores`` (f at the output box, -inf where not refined) and ``ebm_init_scores`` (f at
+    the detector's box, -inf where not selected for refinement); ``<boxes>`` holds the refined
     boxes, of the detector's box type and dtype. Boxes that are not valid (``codec.valid``), not
     selected, or that refinement or clipping made degenerate keep the detector's box.
     """
@@ -86,13 +87,15 @@ def refine_instances(head, feats, preds: Sequence, img_metas: Sequence[dict], cf
         w = cfg.rescore_weight
         fused = scores.clamp(min=1e-12)**(1 - w) * torch.sigmoid(out.ebm_scores)**w
         new_scores = torch.where(out.refined, fused, scores)
-    for p, b, e, s in zip(preds, out.boxes.split(counts), out.ebm_scores.split(counts), new_scores.split(counts)):
+    for p, b, e, e0, s in zip(preds, out.boxes.split(counts), out.ebm_scores.split(counts),
+                              out.init_scores.split(counts), new_scores.split(counts)):
         init_boxes, init_scores = getattr(p, codec.box_field), getattr(p, codec.score_field)
         setattr(p, codec.box_field + '_init', init_boxes)
         setattr(p, codec.score_field + '_init', init_scores)
         setattr(p, codec.box_field, codec.from_tensor(b, init_boxes))
         setattr(p, codec.score_field, s.to(init_scores))
         p.ebm_scores = e
+        p.ebm_init_scores = e0
 
 
 class FeatureCache:
@@ -160,9 +163,17 @@ class EBMRefineDetector(BaseDetector):
             (CPU) and reuse them when the same network input comes again; keyed by a hash of each
             image's input tensor (after augmentation and padding), so an augmented or differently
             padded view is a new entry, never a stale one. 0 (default): off. Images only.
+        val_loss: also compute the EBM's training loss on noise samples around each batch's
+            ground truth in ``predict`` (validation and test), with fixed noise (seed
+            ``VAL_LOSS_SEED`` per batch) so that epochs compare; ``EBMLossMetric`` reports it as
+            ``ebm/val_loss`` for mmengine's ``save_best`` and ``EarlyStoppingHook``. Needs ground
+            truth in the test pipeline, in the original image frame as mmdet's test pipelines load
+            it (``LoadAnnotations`` after ``Resize``); boxes go to the input frame by
+            ``metainfo['scale_factor']``; batches without it (inference) are skipped.
         test_cfg: refinement settings, a ``ebm_det.core.RefineConfig`` (num_steps, step_sizes,
-            decay, tol, max_per_img, score_thr, chunk_size, rescore_weight, enabled), checked here:
-            an unknown key or a bad value is a ValueError.
+            decay, tol, max_per_img, score_thr, chunk_size, rescore_weight, enabled, min_gain),
+            checked here: an unknown key or a bad value is a ValueError, as is a per-class
+            ``min_gain`` whose length is not the head's ``num_classes``.
         data_preprocessor: defaults to the inner detector's.
 
     Prediction (``predict`` = ``detect`` with refinement): ``pred_instances.bboxes`` are the
@@ -170,6 +181,7 @@ class EBMRefineDetector(BaseDetector):
     ``InitialPredictionMetric`` scores both in one run; ``ebm_scores`` holds f at the refined box
     (-inf for boxes left unrefined).
     """
+    VAL_LOSS_SEED = 0
 
     def __init__(self,
                  detector: ConfigType,
@@ -178,6 +190,7 @@ class EBMRefineDetector(BaseDetector):
                  freeze_detector: bool = True,
                  head_updates: int = 1,
                  feature_cache: int = 0,
+                 val_loss: bool = False,
                  backbone: OptConfigType = None,
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
@@ -204,6 +217,14 @@ class EBMRefineDetector(BaseDetector):
         self.refine_cfg = RefineConfig.build(test_cfg)
         codec = self.ebm_head.codec
         self.refine_cfg.step_sizes_for(codec.dim, codec.default_step_sizes)  # a ValueError now, not at test time
+        num_classes = getattr(self.ebm_head, 'num_classes', None)
+        if not isinstance(self.refine_cfg.min_gain, float) and num_classes is not None and \
+                len(self.refine_cfg.min_gain) != num_classes:
+            raise ValueError(f'test_cfg.min_gain has {len(self.refine_cfg.min_gain)} values; a per-class gate needs '
+                             f'one per class of the EBM head ({num_classes})')
+        if not isinstance(val_loss, bool):
+            raise ValueError(f'val_loss must be True or False, got {val_loss!r}')
+        self.val_loss = val_loss
         if freeze_detector:
             self.detector.requires_grad_(False)
 
@@ -349,7 +370,36 @@ class EBMRefineDetector(BaseDetector):
         return results
 
     def predict(self, batch_inputs, batch_data_samples: SampleList, rescale: bool = True) -> SampleList:
-        return self.detect(batch_inputs, batch_data_samples, rescale=rescale)[0]
+        results, feats = self.detect(batch_inputs, batch_data_samples, rescale=rescale)
+        return self.attach_val_loss(feats, batch_data_samples, results)
+
+    def ground_truth_in_input_frame(self, boxes, metainfo: dict):
+        """Ground-truth boxes of a test-pipeline sample (original image pixels) -> network-input
+        pixels (``metainfo['scale_factor']``, mmdet's ``scale_boxes``)."""
+        return scale_boxes(self.ebm_head.codec.to_tensor(boxes), metainfo['scale_factor'])
+
+    def attach_val_loss(self, feats, batch_data_samples: SampleList, results: SampleList) -> SampleList:
+        """With ``val_loss``: the EBM loss of the batch (noise seeded with ``VAL_LOSS_SEED``) on the
+        batch's first result as metainfo ``ebm_val_loss`` with ``ebm_val_num_gt``, the number of
+        valid ground-truth boxes it averages over; read by ``EBMLossMetric``. No field when a sample
+        has no ground truth loaded (inference) or the batch has no valid box. Returns ``results``.
+        """
+        if not self.val_loss or not results:
+            return results
+        codec = self.ebm_head.codec
+        if any(codec.gt_field not in s for s in batch_data_samples):
+            return results  # inference without annotations; EBMLossMetric raises if nothing carried the loss
+        gt_boxes, gt_labels = self._ground_truth(batch_data_samples)
+        gt_boxes = [self.ground_truth_in_input_frame(b, s.metainfo) for b, s in zip(gt_boxes, batch_data_samples)]
+        num_gt = sum(int(codec.valid(b).sum()) for b in gt_boxes)  # validation only: a host sync is fine
+        if num_gt == 0:
+            return results
+        device = feats[0].device
+        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), torch.enable_grad():
+            torch.manual_seed(self.VAL_LOSS_SEED)
+            loss = self.ebm_head.loss(feats, gt_boxes, gt_labels)['loss_ebm']
+        results[0].set_metainfo(dict(ebm_val_loss=float(loss.detach()), ebm_val_num_gt=num_gt))
+        return results
 
     def _forward(self, batch_inputs, batch_data_samples: OptConfigType = None):
         return self.detector._forward(batch_inputs, batch_data_samples)

@@ -31,5 +31,10 @@ class EBMRefineDetector3D(EBMRefineDetector):
     def rescale(self, results):
         return results
 
+    def ground_truth_in_input_frame(self, boxes, metainfo: dict):
+        """LiDAR ground truth is already in the frame of the features."""
+        return self.ebm_head.codec.to_tensor(boxes)
+
     def predict(self, batch_inputs_dict: dict, batch_data_samples: List[Det3DDataSample], **kwargs):
-        return self.detect(batch_inputs_dict, batch_data_samples, **kwargs)[0]
+        results, feats = self.detect(batch_inputs_dict, batch_data_samples, **kwargs)
+        return self.attach_val_loss(feats, batch_data_samples, results)

@@ -38,8 +38,9 @@ class EBMDetTTAModel(DetTTAModel):
         _, keep = batched_nms(bboxes, scores, labels, self.tta_cfg.nms)
         keep = keep[:self.tta_cfg.max_per_img]
         merged = InstanceData(bboxes=bboxes[keep], scores=scores[keep], labels=labels[keep], bboxes_init=init[keep])
-        for field in ('scores_init', 'ebm_scores'):
-            merged[field] = torch.cat([p[field] for p in preds])[keep]
+        for field in ('scores_init', 'ebm_scores', 'ebm_init_scores'):
+            if all(field in p for p in preds):
+                merged[field] = torch.cat([p[field] for p in preds])[keep]
         result = data_samples[0]
         result.pred_instances = merged
         return result

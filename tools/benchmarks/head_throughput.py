@@ -72,6 +72,8 @@ def curve(args, k: int) -> list:
     rows = []
     for it in range(args.every, args.iters + 1, args.every):
         ckpt = folder / f'iter_{it}.pth'
+        if not ckpt.exists():  # a run cut short (its last_checkpoint is an earlier one): the points it has
+            continue
         m = test(args, ckpt)
         gains = [100 * (m[f'coco/{key}'] - m[f'coco_init/{key}']) for key in METRICS]
         rows.append((it, (ckpt.stat().st_mtime - start) / 60, *gains, 100 * m['coco/bbox_mAP'],

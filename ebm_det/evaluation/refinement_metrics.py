@@ -1,0 +1,123 @@
+"""Metrics of the refinement itself, for the Runner's logs, ``save_best`` and early stopping."""
+from typing import Optional, Sequence
+
+import torch
+from mmengine.evaluator import BaseMetric
+from mmengine.registry import METRICS
+
+from .initial_metric import require_initial_fields, warn_if_worse
+
+
+@METRICS.register_module()
+class EBMLossMetric(BaseMetric):
+    """The EBM's loss on fixed noise samples around the evaluated set's ground truth
+    (``EBMRefineDetector(val_loss=True)`` writes it per batch): ``ebm/val_loss``, the mean over
+    ground-truth boxes. Lower is better (mmengine's ``CheckpointHook(save_best='ebm/val_loss')``
+    infers ``rule='less'`` from the name; give ``EarlyStoppingHook`` ``rule='less'``).
+
+    Raises:
+        ValueError: no prediction carried the loss (the model's ``val_loss`` is off, or no image
+            of the evaluated set has ground truth).
+    """
+    default_prefix = 'ebm'
+
+    def __init__(self, collect_device: str = 'cpu', prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        for sample in data_samples:
+            if 'ebm_val_loss' in sample:
+                self.results.append((float(sample['ebm_val_loss']), int(sample['ebm_val_num_gt'])))
+
+    def compute_metrics(self, results: list) -> dict:
+        total = sum(n for _, n in results)
+        if not total:
+            raise ValueError('EBMLossMetric: no prediction carried ebm_val_loss: set model.val_loss=True (an '
+                             'EBMRefineDetector) and load ground truth in the test pipeline (LoadAnnotations after '
+                             'Resize, as mmdet does)')
+        return dict(val_loss=sum(loss * n for loss, n in results) / total)
+
+
+@METRICS.register_module()
+class RefinementLocalisationMetric(BaseMetric):
+    """How refinement moved the detections that found an object (2D boxes): each prediction whose
+    detector score (``scores_init``) is at least ``score_thr`` and whose initial box
+    (``bboxes_init``) overlaps a ground-truth box of its class with IoU >= ``iou_thr`` is matched
+    to that box (the highest IoU); its IoU with it before and after refinement is compared.
+
+    Results (prefix ``refine``): ``matched`` (count), ``iou_init`` and ``iou`` (mean IoU of the
+    matched detections before and after), ``iou_gain`` (their difference), ``worse`` and
+    ``better`` (the share whose IoU fell or rose). A WARNING is logged when refinement lowers the
+    mean IoU. Ground truth comes from each data sample's ``gt_instances`` in the original image
+    frame, as mmdet's ``VOCMetric`` reads it (test pipelines load annotations after ``Resize``);
+    IoU is mmdet's ``bbox_overlaps``.
+
+    Raises:
+        ValueError: a prediction without ``*_init`` fields (not from an EBM refine detector) or a
+            sample without ``gt_instances``.
+    """
+    default_prefix = 'refine'
+
+    def __init__(self, score_thr: float = 0.3, iou_thr: float = 0.5, collect_device: str = 'cpu',
+                 prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.score_thr, self.iou_thr = score_thr, iou_thr
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        for sample in data_samples:
+            matched = match_refined_detections(sample, self.score_thr, self.iou_thr)
+            self.results.append((matched['iou_init'], matched['iou']))
+
+    def compute_metrics(self, results: list) -> dict:
+        before = torch.cat([b for b, _ in results]) if results else torch.zeros(0)
+        after = torch.cat([a for _, a in results]) if results else torch.zeros(0)
+        if not len(before):
+            nan = float('nan')
+            return dict(matched=0, iou_init=nan, iou=nan, iou_gain=nan, worse=nan, better=nan)
+        out = dict(matched=len(before), iou_init=float(before.mean()), iou=float(after.mean()),
+                   worse=float((after < before).float().mean()), better=float((after > before).float().mean()))
+        out['iou_gain'] = out['iou'] - out['iou_init']
+        warn_if_worse('the mean IoU of matched detections', out['iou_init'], out['iou'],
+                      f"{out['matched']} detections, {100 * out['worse']:.0f}% moved away from their object")
+        return out
+
+
+def match_refined_detections(sample: dict, score_thr: float = 0.3, iou_thr: float = 0.5) -> dict:
+    """The detections of one data-sample dict (2D, ``to_dict()`` of a refine detector's result with
+    ``gt_instances``) that found an object: detector score (``scores_init``) >= ``score_thr`` and
+    initial box IoU >= ``iou_thr`` with a ground-truth box of the same class (the best one).
+
+    Returns:
+        dict of (K,) CPU tensors for the K matched detections: ``index`` (into the predictions),
+        ``labels``, ``iou_init`` and ``iou`` (IoU with the matched box before and after
+        refinement, mmdet's ``bbox_overlaps``) and ``gain`` (f at the refined box minus f at the
+        detector's box, from ``ebm_scores``/``ebm_init_scores``; -inf where not refined, NaN if the
+        prediction has no ``ebm_init_scores``).
+    Raises:
+        ValueError: no ``*_init`` fields, or no ``gt_instances``.
+    """
+    from mmdet.structures.bbox import bbox_overlaps
+    require_initial_fields(sample)
+    if 'gt_instances' not in sample:
+        raise ValueError('matching refined detections needs gt_instances in the data samples: load annotations in '
+                         'the test pipeline (after Resize, as mmdet does)')
+    pred, gt = sample['pred_instances'], sample['gt_instances']
+    gt_boxes = gt['bboxes'].tensor if hasattr(gt['bboxes'], 'tensor') else torch.as_tensor(gt['bboxes'])
+    gt_boxes = gt_boxes.reshape(-1, 4).float().cpu()
+    init, boxes = pred['bboxes_init'].float().cpu().reshape(-1, 4), pred['bboxes'].float().cpu().reshape(-1, 4)
+    labels = pred['labels'].cpu()
+    if len(gt_boxes) and len(init):
+        same = labels[:, None] == torch.as_tensor(gt['labels']).cpu()[None]
+        best, j = torch.where(same, bbox_overlaps(init, gt_boxes), torch.tensor(-1.0)).max(1)
+        keep = (pred['scores_init'].cpu() >= score_thr) & (best >= iou_thr)
+    else:
+        best, j = torch.zeros(len(init)), torch.zeros(len(init), dtype=torch.long)
+        keep = torch.zeros(len(init), dtype=torch.bool)
+    index = keep.nonzero()[:, 0]
+    after = bbox_overlaps(boxes[index], gt_boxes[j[index]], is_aligned=True) if len(index) else torch.zeros(0)
+    if 'ebm_init_scores' in pred:
+        gain = (pred['ebm_scores'].float().cpu() - pred['ebm_init_scores'].float().cpu())[index]
+        gain = torch.where(torch.isfinite(pred['ebm_scores'].cpu()[index]), gain, torch.tensor(float('-inf')))
+    else:
+        gain = torch.full((len(index), ), float('nan'))
+    return dict(index=index, labels=labels[index], iou_init=best[index], iou=after, gain=gain)
