@@ -8,10 +8,13 @@ import argparse
 import json
 import os.path as osp
 
+import torch
 from mmengine.config import Config, DictAction
+from mmengine.dist import get_rank
 from mmengine.runner import Runner
 
 import ebm_det  # noqa: F401
+from train import setup_cpu_distributed  # the sibling tool (this folder is on sys.path)
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,7 +71,11 @@ def main() -> None:
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    if args.launcher == 'pytorch' and not torch.cuda.is_available():
+        setup_cpu_distributed(cfg)
     metrics = Runner.from_cfg(cfg).test()
+    if get_rank() != 0:
+        return
     table = before_after_table(metrics)
     if table:
         print('\nBefore (detector) vs after (EBM refinement):\n' + table)

@@ -1,10 +1,12 @@
 """Train a detector or an EBM refiner from a config, through the mmengine Runner.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume] [--amp] [--cfg-options k=v ...]
+    tools/dist_train.sh CONFIG N [...]     # N processes (torchrun), one per GPU; gloo on CPU
 """
 import argparse
 import os.path as osp
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -23,6 +25,19 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def setup_cpu_distributed(cfg: Config) -> None:
+    """torchrun without CUDA (``--launcher pytorch`` on a CPU machine, e.g. CI): mmengine's launcher
+    calls ``torch.cuda.set_device`` and wraps the model with ``device_ids=[LOCAL_RANK]``, both of
+    which fail for CPU modules. Start the gloo process group here (mmengine then skips its own)
+    and let DDP wrap the CPU model (``device_ids=None``)."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    wrapper = dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                   find_unused_parameters=cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg = {**wrapper, **(cfg.get('model_wrapper_cfg') or {}), 'device_ids': None}
+
+
 def main() -> None:
     args = parse_args()
     cfg = Config.fromfile(args.config)
@@ -35,6 +50,8 @@ def main() -> None:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
+    if args.launcher == 'pytorch' and not torch.cuda.is_available():
+        setup_cpu_distributed(cfg)
     Runner.from_cfg(cfg).train()
 
 

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-EBM_CFG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
+from shapes_2d import ROOT, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
+
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
 
 
@@ -56,11 +56,7 @@ def test(args, checkpoint: Path) -> dict:
     """COCO metrics of one checkpoint (refined ``coco/``, the detector's ``coco_init/``)."""
     out = checkpoint.with_suffix('.metrics.json')
     if not out.exists():
-        ann = f'{args.data}/annotations/instances_val.json'
-        subprocess.run([sys.executable, 'tools/test.py', EBM_CFG, str(checkpoint), '--work-dir',
-                        str(ROOT / args.work / 'test'), '--out-json', str(out), '--cfg-options',
-                        f'test_dataloader.dataset.data_root={args.data}/', f'test_evaluator.0.ann_file={ann}',
-                        f'test_evaluator.1.metric.ann_file={ann}'], check=True, cwd=ROOT)
+        test_checkpoint(checkpoint, args.data, out, work_dir=ROOT / args.work / 'test')
     return json.loads(out.read_text())
 
 

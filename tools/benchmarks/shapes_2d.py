@@ -35,18 +35,26 @@ MATCH_SCORE = 0.3  # localisation: detections scoring at least this (detector's 
 MATCH_IOU = 0.5  # ... whose initial box overlaps a GT box of their class at least this much
 
 
-def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict:
-    """COCO metrics (``coco/...`` refined, ``coco_init/...`` the detector's) of one tools/test.py run
-    of the EBM checkpoint in ``work/<ebm_dir>`` with ``options``."""
-    out = work / f'metrics_{len(list(work.glob("metrics_*.json")))}.json'
+def test_checkpoint(checkpoint, data: str, out: Path, options=(), work_dir=None) -> dict:
+    """The metrics of one tools/test.py run of an EBM checkpoint of ``EBM_CFG`` on the val images
+    of ``data`` with config ``options``, also written to ``out``: ``coco/...`` (refined),
+    ``coco_init/...`` (the detector's), ``refine/...`` and ``ebm/val_loss``. Shared by the 2D
+    benchmarks (head_throughput.py and small_data.py import it)."""
     ann = f'{data}/annotations/instances_val.json'
-    cmd = [sys.executable, 'tools/test.py', EBM_CFG, (work / ebm_dir / 'last_checkpoint').read_text().strip(),
-           '--work-dir', str(work / 'test'), '--out-json', str(out), '--cfg-options',
-           f'test_dataloader.dataset.data_root={data}/', f'test_evaluator.0.ann_file={ann}',
-           f'test_evaluator.1.metric.ann_file={ann}', *options]
+    subprocess.run([sys.executable, 'tools/test.py', EBM_CFG, str(checkpoint), '--work-dir',
+                    str(work_dir or out.parent / 'test'), '--out-json', str(out), '--cfg-options',
+                    f'test_dataloader.dataset.data_root={data}/', f'test_evaluator.0.ann_file={ann}',
+                    f'test_evaluator.1.metric.ann_file={ann}', *options], check=True, cwd=ROOT)
+    return json.loads(out.read_text())
+
+
+def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict:
+    """``test_checkpoint`` of the EBM checkpoint in ``work/<ebm_dir>`` with ``options``, and its
+    wall-clock time (``test_seconds``)."""
+    out = work / f'metrics_{len(list(work.glob("metrics_*.json")))}.json'
     t = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    metrics = json.loads(out.read_text())
+    metrics = test_checkpoint((work / ebm_dir / 'last_checkpoint').read_text().strip(), data, out, options,
+                              work / 'test')
     metrics['test_seconds'] = time.time() - t
     return metrics
 

@@ -21,8 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-EBM_CFG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
+from shapes_2d import EBM_CFG, ROOT, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
+
 # head variants: config options applied to the head's training and its tests
 VARIANTS = {
     'paper': '',
@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--work', default='work_dirs/bench_2d')
     p.add_argument('--data', default='data/shapes_bench')
     p.add_argument('--no-gate', action='store_true', help='skip the gate (calibration and the second test pass)')
+    p.add_argument('--per-class-gate', action='store_true', help='calibrate one margin per class')
     p.add_argument('--out', default='docs/figures/small_data.md')
     return p.parse_args()
 
@@ -92,21 +93,18 @@ def test(args, folder: Path, options: list, tag: str) -> dict:
     """Metrics of one tools/test.py pass over the val images (cached beside the checkpoint)."""
     out = folder / f'test_{tag}.json'
     if not out.exists():
-        ckpt = (folder / 'last_checkpoint').read_text().strip()
-        ann = f'{args.data}/annotations/instances_val.json'
-        subprocess.run([sys.executable, 'tools/test.py', EBM_CFG, ckpt, '--work-dir', str(ROOT / args.work / 'test'),
-                        '--out-json', str(out), '--cfg-options', f'test_dataloader.dataset.data_root={args.data}/',
-                        f'test_evaluator.0.ann_file={ann}', f'test_evaluator.1.metric.ann_file={ann}', *options],
-                       check=True, cwd=ROOT)
+        test_checkpoint((folder / 'last_checkpoint').read_text().strip(), args.data, out, options,
+                        ROOT / args.work / 'test')
     return json.loads(out.read_text())
 
 
 def calibrate(args, folder: Path, options: list, calib_ann: str):
-    """The gate's margin from the held-out training images (cached)."""
-    out = folder / 'gate.json'
+    """The gate's margin (per class with ``--per-class-gate``) from the held-out training images
+    (cached)."""
+    out = folder / ('gate_per_class.json' if args.per_class_gate else 'gate.json')
     if not out.exists():
         ckpt = (folder / 'last_checkpoint').read_text().strip()
-        extra = ['--cfg-options', *options] if options else []
+        extra = (['--per-class'] if args.per_class_gate else []) + (['--cfg-options', *options] if options else [])
         subprocess.run([sys.executable, 'tools/calibrate_gate.py', EBM_CFG, ckpt, '--ann-file', calib_ann,
                         '--data-root', f'{args.data}/', '--img-prefix', 'train/', '--out', str(out), '--device', 'cpu',
                         *extra],
@@ -169,13 +167,14 @@ def main() -> None:
             else:
                 margin = calibrate(args, folder, opts, anns['calib'])
                 gate = f'model.test_cfg.min_gain={json.dumps(margin)}'.replace('Infinity', 'inf')
-                g = test(args, folder, [*opts, gate], 'gate')
+                g = test(args, folder, [*opts, gate], 'gate_per_class' if args.per_class_gate else 'gate')
             rows.append(row(variant, n, m, g, margin))
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, out.with_suffix('.png'))
     command = 'python tools/benchmarks/small_data.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
-    lines = [f'Command: `{command.strip()}` ({args.iters} EBM iterations of batch 4 at every size; gate calibrated '
+    gate = 'a per-class gate' if args.per_class_gate else 'gate'
+    lines = [f'Command: `{command.strip()}` ({args.iters} EBM iterations of batch 4 at every size; {gate} calibrated '
              f'on {args.calib} held-out training images; scored on the 150 val images)', '',
              '| head | train images | AP: detector -> refined | AP75 | mean IoU (matched) | moved away | '
              'ebm/val_loss | gate min_gain | AP with gate | AP75 with gate | moved away with gate |',
