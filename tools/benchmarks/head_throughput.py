@@ -1,11 +1,12 @@
 """AP gain against training wall-clock for K head updates per frozen-detector forward
-(``EBMRefineDetector(head_updates=K)``), on the 2D benchmark's frozen detector.
+(``EBMRefineDetector(head_updates=K)``) and for the head's optimiser, on the 2D benchmark's frozen
+detector.
 
-    python tools/benchmarks/head_throughput.py [--updates 1 2 4 8] [--iters 600] [--every 150]
-        [--feature-cache 1200] [--work work_dirs/bench_2d] [--data data/shapes_bench]
-        [--out docs/figures/head_throughput.md]
+    python tools/benchmarks/head_throughput.py [--updates 1 2 4 8] [--optimizers adam_1e-4 ...]
+        [--iters 600] [--every 150] [--feature-cache 1200] [--work work_dirs/bench_2d]
+        [--data data/shapes_bench] [--out docs/figures/head_throughput.md]
 
-For each K an NCE+ head is trained by tools/demo.sh on the detector that ``tools/benchmarks/
+For each K and optimiser (``OPTIMIZERS``) an NCE+ head is trained by tools/demo.sh on the detector that ``tools/benchmarks/
 shapes_2d.py`` trained into ``--work`` (it must exist), with a checkpoint every ``--every``
 iterations; each checkpoint is tested once (tools/test.py: COCO AP of the detector's and of the
 refined boxes from one pass). Training time at a checkpoint is the checkpoint file's time since the
@@ -23,12 +24,20 @@ from pathlib import Path
 from shapes_2d import ROOT, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
+# the head's optimiser on the shapes config's 600-iteration step schedule (no warm-up)
+OPTIMIZERS = {
+    'adam_1e-4': '',  # the CPU configs' own: Adam, lr 1e-4
+    'adam_1e-3': 'optim_wrapper.optimizer.lr=1e-3',
+    'sgd_paper': ('optim_wrapper.optimizer.type=SGD optim_wrapper.optimizer.lr=1e-3 '
+                  'optim_wrapper.optimizer.momentum=0.9 optim_wrapper.optimizer.weight_decay=1e-4'),  # ECCV 2020
+}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--updates', type=int, nargs='+', default=[1, 2, 4, 8], help='K values')
-    p.add_argument('--iters', type=int, default=600, help='EBM training iterations (batches) per K')
+    p.add_argument('--optimizers', nargs='+', default=['adam_1e-4'], choices=sorted(OPTIMIZERS))
+    p.add_argument('--iters', type=int, default=600, help='EBM training iterations (batches) per run')
     p.add_argument('--every', type=int, default=150, help='checkpoint (and test) interval')
     p.add_argument('--feature-cache', type=int, default=1200, help='images whose features are cached (0: off)')
     p.add_argument('--work', default='work_dirs/bench_2d')
@@ -37,13 +46,15 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def train(args, k: int) -> tuple:
-    """Train the K-update head (skipped when its last checkpoint exists); (work dir name, start time)."""
-    name = f'ebm_k{k}_cache{args.feature_cache}'
+def train(args, k: int, optimizer: str) -> tuple:
+    """Train the head with K updates and ``optimizer`` (skipped when its last checkpoint exists);
+    (work dir name, start time)."""
+    name = f'ebm_k{k}_cache{args.feature_cache}' + ('' if optimizer == 'adam_1e-4' else f'_{optimizer}')
     if (ROOT / args.work / name / 'last_checkpoint').exists():
         return name, None
     options = (f'model.head_updates={k} model.feature_cache={args.feature_cache} '
-               f'default_hooks.checkpoint.interval={args.every} default_hooks.checkpoint.max_keep_ckpts=100')
+               f'default_hooks.checkpoint.interval={args.every} default_hooks.checkpoint.max_keep_ckpts=100 '
+               f'{OPTIMIZERS[optimizer]}').strip()
     env = dict(os.environ, WORK=args.work, DATA=args.data, EBM_DIR=name, EBM_ITERS=str(args.iters), EBM_OPTS=options,
                RUN_TEST='0')
     start = time.time()
@@ -60,9 +71,9 @@ def test(args, checkpoint: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def curve(args, k: int) -> list:
-    """[(iteration, minutes, AP gain, AP75 gain, AP, AP75)] at each checkpoint of the K run."""
-    name, _ = train(args, k)
+def curve(args, k: int, optimizer: str) -> list:
+    """[(iteration, minutes, AP gain, AP75 gain, AP, AP75)] at each checkpoint of one run."""
+    name, _ = train(args, k, optimizer)
     folder = ROOT / args.work / name
     start = float((folder / 'start_time').read_text())
     rows = []
@@ -85,7 +96,7 @@ def plot(curves: dict, path: Path) -> None:
     for k, rows in curves.items():
         minutes = [r[1] for r in rows]
         for ax, col in zip(axes, (2, 3)):
-            ax.plot(minutes, [r[col] for r in rows], 'o-', label=f'K = {k}')
+            ax.plot(minutes, [r[col] for r in rows], 'o-', label=k)
     for ax, name in zip(axes, ('AP', 'AP75')):
         ax.set_xlabel('EBM training time (min, 2 CPU cores)')
         ax.set_ylabel(f'{name} gain over the detector (points)')
@@ -100,14 +111,15 @@ def main() -> None:
     args = parse_args()
     if not (ROOT / args.work / 'det' / 'last_checkpoint').exists():
         raise SystemExit(f'no detector in {args.work}/det: run tools/benchmarks/shapes_2d.py first')
-    curves = {k: curve(args, k) for k in args.updates}
+    curves = {f'K = {k}' + ('' if len(args.optimizers) == 1 else f', {opt}'): curve(args, k, opt)
+              for opt in args.optimizers for k in args.updates}
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, out.with_suffix('.png'))
     command = 'python tools/benchmarks/head_throughput.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
     lines = [f'Command: `{command.strip()}` (feature cache {args.feature_cache} images, checkpoint every '
              f'{args.every} iterations of batch 4)', '',
-             '| K | iterations | training min | AP gain | AP75 gain | AP | AP75 |', '|---|---|---|---|---|---|---|']
+             '| run | iterations | training min | AP gain | AP75 gain | AP | AP75 |', '|---|---|---|---|---|---|---|']
     for k, rows in curves.items():
         lines += [f'| {k} | {it} | {mins:.1f} | {ap:+.1f} | {ap75:+.1f} | {a:.1f} | {a75:.1f} |'
                   for it, mins, ap, ap75, a, a75 in rows]
