@@ -21,11 +21,14 @@ param_scheduler = [
          milestones=[int(max_iters * 0.67), int(max_iters * 0.83)], gamma=0.1)
 ]
 optim_wrapper = dict(_delete_=True, type='OptimWrapper', optimizer=dict(type='Adam', lr=1e-4))
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
+                     logger=dict(log_metric_by_epoch=False))  # validation metrics at their iteration
 
-# refined boxes under coco/..., the detector's own under coco_init/...; refine/...: how refinement
-# moved the detections that found an object (mean IoU before/after, share made worse); ebm/val_loss
-val_evaluator = [_base_.val_evaluator, dict(type='InitialPredictionMetric', metric=_base_.val_evaluator),
+# refined boxes under coco/..., the detector's own under coco_init/..., the difference under
+# coco_gain/...; refine/...: how refinement moved the detections that found an object (mean IoU
+# before/after, share made worse); ebm/val_loss
+val_evaluator = [_base_.val_evaluator,
+                 dict(type='InitialPredictionMetric', metric=_base_.val_evaluator, report_gain=True),
                  dict(type='RefinementLocalisationMetric'), dict(type='EBMLossMetric')]
 test_evaluator = val_evaluator
 # mmdet's `tools/test.py --tta`: flipped views merged as DetTTAModel does, before/after pairs kept

@@ -37,6 +37,7 @@ def test_min_gain_is_checked(bad):
 
 def test_min_gain_values():
     assert RefineConfig().min_gain == 0.0
+    assert type(RefineConfig(min_gain=2).min_gain) is float  # a whole number from --cfg-options
     assert RefineConfig(min_gain=[0, math.inf, 2]).min_gain == (0.0, math.inf, 2.0)
     labels = torch.tensor([2, 0, 1])
     assert RefineConfig(min_gain=[0, math.inf, 2]).gain_margin(labels).tolist() == [2.0, 0.0, math.inf]
@@ -97,9 +98,14 @@ def _shapes_model(**changes):
 
 
 def test_per_class_gate_needs_one_value_per_class():
+    from ebm_det.tracking import EBMBoxRefiner
     with pytest.raises(ValueError, match='one per class of the EBM head \\(5\\)'):
         _shapes_model(test_cfg=dict(min_gain=[0.0, 1.0]))
-    assert _shapes_model(test_cfg=dict(min_gain=[0.0] * 5)).refine_cfg.min_gain == (0.0, ) * 5
+    model = _shapes_model(test_cfg=dict(min_gain=[0.0] * 5))
+    assert model.refine_cfg.min_gain == (0.0, ) * 5
+    assert _shapes_model(test_cfg=dict(min_gain=2)).refine_cfg.min_gain == 2.0
+    with pytest.raises(ValueError, match='track_refine_cfg.min_gain has 2 values'):  # the trackers' refiner too
+        EBMBoxRefiner(model.ebm_head, dict(min_gain=[0.0, 1.0]))
 
 
 # ------------------------------------------------------------------------------ validation loss
@@ -124,12 +130,13 @@ def test_validation_loss_is_the_training_loss_on_fixed_noise():
         again = model.predict(imgs, _samples_with_gt())
     meta = results[0].metainfo
     # the second image's GT box is 2 x 2 input pixels after scaling: valid (>= 1 px), so 3 boxes
-    assert meta['ebm_val_num_gt'] == 3 and 'ebm_val_loss' not in results[1].metainfo
+    assert meta['ebm_val_num_gt'] == 3 and 'ebm_val_num_gt' not in results[1].metainfo
     assert again[0].metainfo['ebm_val_loss'] == meta['ebm_val_loss']  # fixed noise: epochs compare
     torch.manual_seed(model.VAL_LOSS_SEED)
     gt = [torch.tensor([[8., 10., 60., 80.], [20., 20., 40., 60.]]), torch.tensor([[4., 4., 6., 6.]])]
     with torch.no_grad():
-        expected = model.ebm_head.loss(model.extract_feat(imgs), gt, [torch.tensor([1, 3]), torch.tensor([0])])
+        expected = model.ebm_head.loss(model.extract_feat(imgs), gt, [torch.tensor([1, 3]), torch.tensor([0])],
+                                       subsample=False)
     assert meta['ebm_val_loss'] == pytest.approx(float(expected['loss_ebm']), rel=1e-5)
     # the caller's random stream is untouched
     torch.manual_seed(7)
@@ -138,6 +145,11 @@ def test_validation_loss_is_the_training_loss_on_fixed_noise():
     drawn = torch.rand(3)
     torch.manual_seed(7)
     assert torch.equal(drawn, torch.rand(3))
+    # a batch whose ground truth is all invalid (under 1 px): counted as computed, no loss
+    tiny = _samples_with_gt(scale=0.01)
+    with torch.no_grad():
+        meta = model.predict(imgs, tiny)[0].metainfo
+    assert meta['ebm_val_num_gt'] == 0 and 'ebm_val_loss' not in meta
     # inference without annotations: no loss, no error
     no_gt = _samples_with_gt()
     for s in no_gt:
@@ -155,9 +167,12 @@ def test_ebm_loss_metric_is_the_mean_over_ground_truth_boxes():
     metric.process(None, [dict(ebm_val_loss=6.0, ebm_val_num_gt=1)])
     assert metric.evaluate(3) == {'ebm/val_loss': 3.0}
     empty = EBMLossMetric()
-    empty.process(None, [dict(img_id=1)])
+    empty.process(None, [dict(img_id=1)])  # no ground truth (inference): nothing to say yet
     with pytest.raises(ValueError, match='val_loss=True'):
         empty.evaluate(1)
+    with pytest.raises(ValueError, match='val_loss=True'):  # ground truth but no loss: at once
+        EBMLossMetric().process(None, [dict(gt_instances=dict(bboxes=torch.ones(2, 4)))])
+    EBMLossMetric().process(None, [dict(gt_instances=dict(bboxes=torch.ones(0, 4)))])
 
 
 # ----------------------------------------------------------------------------- the guards
@@ -192,7 +207,8 @@ def test_localisation_metric_exact(monkeypatch):
     assert out['refine/matched'] == 2 and out['refine/iou_init'] == pytest.approx(0.9)
     assert out['refine/iou'] == pytest.approx(0.75) and out['refine/iou_gain'] == pytest.approx(-0.15)
     assert out['refine/worse'] == 0.5 and out['refine/better'] == 0.5
-    assert len(logged) == 1 and 'LOWERED the mean IoU' in logged[0][0] and logged[0][1] == 30
+    assert len(logged) == 1 and 'lowered the mean IoU of matched detections 0.9000 -> 0.7500' in logged[0][0]
+    assert logged[0][1] == 30  # WARNING
     with pytest.raises(ValueError, match='gt_instances'):
         RefinementLocalisationMetric().process(None, [dict(pred_instances=sample['pred_instances'])])
     with pytest.raises(ValueError, match='_init'):
@@ -222,7 +238,7 @@ def test_initial_metric_reports_the_gain_for_save_best_and_warns(monkeypatch):
                 gt=[[0., 0., 1., 1.]], gt_labels=[0])
     metric.process(None, [s, s])
     assert metric.evaluate(2) == {'toy_init/AP': 10.0, 'toy_init/count': 2, 'toy_gain/AP': -6.0, 'toy_gain/count': 0}
-    assert len(logged) == 1 and 'LOWERED AP' in logged[0]
+    assert len(logged) == 1 and 'lowered AP 10.0000 -> 4.0000' in logged[0]
     plain = InitialPredictionMetric(dict(type='_MeanX1Metric'))
     plain.process(None, [s])
     assert plain.evaluate(1) == {'toy_init/AP': 10.0, 'toy_init/count': 1}
@@ -234,8 +250,9 @@ def test_test_tool_says_loudly_what_refinement_made_worse():
                'coco_init/bbox_mAP_75': 0.20, 'coco/bbox_mAP_copypaste': '...', 'refine/iou': 0.70,
                'refine/iou_init': 0.75, 'refine/matched': 10, 'refine/worse': 0.6}
     assert test_tool.refinement_losses(metrics) == ['coco/bbox_mAP: 0.2500 -> 0.2000', 'refine/iou: 0.7500 -> 0.7000']
-    metrics.update({'coco/bbox_mAP': 0.3, 'refine/iou': 0.8})
-    assert test_tool.refinement_losses(metrics) == []
+    metrics.update({'coco/bbox_mAP': 0.3, 'refine/iou': 0.8, 'coco/bbox_mAP_50': 0.3995, 'coco_init/bbox_mAP_50': 0.4})
+    assert test_tool.refinement_losses(metrics) == []  # a 0.05-point drop is noise
+    assert 'refine/iou                                 0.7500   0.8000  +0.0500' in test_tool.before_after_table(metrics)
 
 
 # ------------------------------------------------------------------------------- regularisers

@@ -35,7 +35,8 @@ def parse_args() -> argparse.Namespace:
                    help="detections scoring at least this (detector's score)")
     p.add_argument('--iou-thr', type=float, default=0.5, help='... whose box overlaps an object of their class this much')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--out', help='write the margins and the matched detections\' statistics to this JSON file')
+    p.add_argument('--out', help="write the margins ('inf' as a string) and the matched detections' statistics "
+                   'to this JSON file')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p.parse_args()
 
@@ -53,14 +54,36 @@ def collect(model, dataloader, score_thr: float, iou_thr: float) -> dict:
     return {k: torch.cat([p[k] for p in parts]) for k in ('gain', 'labels', 'iou_init', 'iou')}
 
 
+def report(m: dict, margin, class_names) -> list:
+    """Lines: per class and in all, matched detections, mean IoU without and with the gate, the
+    share moved away, and the margin."""
+    margins = torch.full_like(m['gain'], margin) if isinstance(margin, float) else \
+        torch.tensor(margin, dtype=m['gain'].dtype)[m['labels']]
+    gated = torch.where(m['gain'] >= margins, m['iou'], m['iou_init'])
+    lines = [f"{'class':<16} {'matched':>7} {'IoU before':>10} {'no gate':>8} {'gated':>8} {'away':>5} "
+             f"{'gated away':>10}  min_gain"]
+    groups = [(name, m['labels'] == c) for c, name in enumerate(class_names)] + [('all', slice(None))]
+    for name, sel in groups:
+        n = int(m['iou'][sel].numel())
+        if n == 0:
+            lines.append(f'{name:<16} {0:>7}   (no matched detections: the margin stays 0)')
+            continue
+        away, gated_away = (m['iou'][sel] < m['iou_init'][sel]), (gated[sel] < m['iou_init'][sel])
+        mg = margin if isinstance(margin, float) else (margin[class_names.index(name)] if name != 'all' else '')
+        lines.append(f"{name:<16} {n:>7} {float(m['iou_init'][sel].mean()):>10.4f} {float(m['iou'][sel].mean()):>8.4f} "
+                     f"{float(gated[sel].mean()):>8.4f} {100 * float(away.float().mean()):>4.0f}% "
+                     f"{100 * float(gated_away.float().mean()):>9.0f}%  {mg if isinstance(mg, str) else f'{mg:.3f}'}")
+    return lines
+
+
 def main() -> None:
     from mmdet.apis import init_detector
     args = parse_args()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    cfg.model.setdefault('test_cfg', {})
-    cfg.model.test_cfg = {**(cfg.model.test_cfg or {}), 'min_gain': 0.0}
+    cfg.model.test_cfg = {**(cfg.model.get('test_cfg') or {}), 'min_gain': 0.0}
+    cfg.model.val_loss = False  # not needed here
     dataset = cfg.test_dataloader.dataset
     dataset.ann_file = args.ann_file
     if args.data_root:
@@ -70,24 +93,22 @@ def main() -> None:
     model = init_detector(cfg, args.checkpoint, device=args.device)
     m = collect(model, Runner.build_dataloader(cfg.test_dataloader), args.score_thr, args.iou_thr)
     num_classes = model.ebm_head.num_classes
+    if not len(m['iou']):
+        raise SystemExit(f'no detection scoring >= {args.score_thr} matched an object at IoU >= {args.iou_thr} on '
+                         f'{args.ann_file}: nothing to calibrate on (check the images and annotations)')
     margin = calibrate_min_gain(m['gain'], m['iou_init'], m['iou'], m['labels'] if args.per_class else None,
                                 num_classes)
-    delta = m['iou'] - m['iou_init']
-    print(f'\n{len(delta)} matched detections: mean IoU {float(m["iou_init"].mean()):.4f} -> '
-          f'{float(m["iou"].mean()):.4f} without a gate; {100 * float((delta < 0).float().mean()):.0f}% moved away')
-    if isinstance(margin, float):
-        kept = m['gain'] >= margin
-    else:
-        kept = m['gain'] >= torch.tensor(margin, dtype=m['gain'].dtype)[m['labels']]
-    gated = torch.where(kept, m['iou'], m['iou_init'])
-    worse = 100 * float((gated < m['iou_init']).float().mean())
-    print(f'with the gate: mean IoU {float(gated.mean()):.4f}; {worse:.0f}% moved away')
-    option = f'model.test_cfg.min_gain={json.dumps(margin)}'
-    print(f'set the gate with: --cfg-options "{option.replace("Infinity", "inf")}"')
+    names = list((model.dataset_meta or {}).get('classes') or [str(c) for c in range(num_classes)])
+    print('\nMatched detections of the held-out images (IoU with their object; "away": the share whose IoU fell)')
+    print('\n'.join(report(m, margin, names)))
+    option = f'model.test_cfg.min_gain={json.dumps(margin)}'.replace('Infinity', 'inf')
+    print(f'\nset the gate with: --cfg-options "{option}"')
     if args.out:
+        as_json = (lambda v: 'inf' if v == float('inf') else v)  # noqa: E731  (standard JSON has no inf)
         with open(args.out, 'w') as f:
-            json.dump(dict(min_gain=margin, matched=len(delta), iou_init=float(m['iou_init'].mean()),
-                           iou=float(m['iou'].mean()), iou_gated=float(gated.mean())), f, indent=1)
+            json.dump(dict(min_gain=as_json(margin) if isinstance(margin, float) else [as_json(v) for v in margin],
+                           matched=len(m['iou']), iou_init=float(m['iou_init'].mean()), iou=float(m['iou'].mean())),
+                      f, indent=1)
 
 
 if __name__ == '__main__':

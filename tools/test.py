@@ -14,6 +14,7 @@ from mmengine.dist import get_rank
 from mmengine.runner import Runner
 
 import ebm_det  # noqa: F401
+from ebm_det.evaluation.initial_metric import MIN_DROP
 from train import setup_cpu_distributed  # the sibling tool (this folder is on sys.path)
 
 
@@ -29,37 +30,36 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def before_after_table(metrics: dict, suffix: str = '_init') -> str:
-    """Rows 'metric | before (P_init/name) | after (P/name) | change' for every key 'P/name' with a
-    'P_init/name' sibling."""
-    rows = []
+def before_after_pairs(metrics: dict, suffix: str = '_init') -> list:
+    """(label, before, after) for every numeric 'P/name' with a 'P_init/name' sibling (label
+    'P/name': the detector's boxes scored by the same metric) or a 'P/name_init' sibling (label
+    'P/name': ``RefinementLocalisationMetric``'s ``iou_init`` / ``iou``)."""
+    pairs = []
     for key, after in metrics.items():
         prefix, _, name = key.partition('/')
-        before = metrics.get(f'{prefix}{suffix}/{name}')
-        if before is not None and isinstance(after, (int, float)):
-            rows.append(f'{name:<40} {before:>8.4f} {after:>8.4f} {after - before:>+8.4f}')
-            head = f"{'metric (' + prefix + suffix + '/ -> ' + prefix + '/)':<40} {'before':>8} {'after':>8} {'change':>8}"
+        if not isinstance(after, (int, float)) or name.endswith(suffix):
+            continue
+        if isinstance(metrics.get(f'{prefix}{suffix}/{name}'), (int, float)):
+            pairs.append((key, metrics[f'{prefix}{suffix}/{name}'], after))
+        elif isinstance(metrics.get(f'{key}{suffix}'), (int, float)):
+            pairs.append((key, metrics[f'{key}{suffix}'], after))
+    return pairs
+
+
+def before_after_table(metrics: dict, suffix: str = '_init') -> str:
+    """Rows 'metric | before | after | change' of ``before_after_pairs``."""
+    rows = [f'{name:<40} {before:>8.4f} {after:>8.4f} {after - before:>+8.4f}'
+            for name, before, after in before_after_pairs(metrics, suffix)]
     if not rows:
         return ''
-    return '\n'.join([head, *rows])
+    return '\n'.join([f"{'metric':<40} {'before':>8} {'after':>8} {'change':>8}", *rows])
 
 
-def refinement_losses(metrics: dict, suffix: str = '_init') -> list:
+def refinement_losses(metrics: dict, suffix: str = '_init', min_drop: float = MIN_DROP) -> list:
     """'name: before -> after' for every AP-like result (a name containing 'AP') and every mean IoU
-    of matched detections (``RefinementLocalisationMetric``'s ``iou`` vs ``iou_init``) that
-    refinement lowered."""
-    worse = []
-    for key, after in metrics.items():
-        prefix, _, name = key.partition('/')
-        if name.endswith(suffix) and f'{prefix}/{name[:-len(suffix)]}' in metrics:  # refine/iou_init
-            before, after, name = after, metrics[f'{prefix}/{name[:-len(suffix)]}'], f'{prefix}/{name[:-len(suffix)]}'
-        elif 'AP' in name and f'{prefix}{suffix}/{name}' in metrics:
-            before, name = metrics[f'{prefix}{suffix}/{name}'], key
-        else:
-            continue
-        if isinstance(after, (int, float)) and isinstance(before, (int, float)) and after < before:
-            worse.append(f'{name}: {before:.4f} -> {after:.4f}')
-    return worse
+    that refinement lowered by more than ``min_drop`` (0.001: 0.1 AP point)."""
+    return [f'{name}: {before:.4f} -> {after:.4f}' for name, before, after in before_after_pairs(metrics, suffix)
+            if ('AP' in name or name.endswith('/iou')) and before - after > min_drop]
 
 
 def main() -> None:
@@ -81,9 +81,10 @@ def main() -> None:
         print('\nBefore (detector) vs after (EBM refinement):\n' + table)
     worse = refinement_losses(metrics)
     if worse:
-        print('\n' + '!' * 78 + '\n!!! EBM REFINEMENT MADE THESE WORSE on the evaluated set: ' + '; '.join(worse) +
-              "\n!!! The head does not generalise to these images. See the README's 'Training on a small data set'"
-              '\n!!! (regularise, stop on ebm/val_loss, or gate with test_cfg.min_gain).\n' + '!' * 78)
+        print('\n' + '!' * 78 + '\n!!! EBM refinement lowered, on the evaluated set: ' + '; '.join(worse) +
+              "\n!!! If the head was trained on few images it may not generalise to these; see the README's"
+              "\n!!! 'Training on a small data set' (calibrate the gate test_cfg.min_gain on held-out images).\n" +
+              '!' * 78)
     if args.out_json:
         with open(args.out_json, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, f, indent=1)

@@ -153,7 +153,7 @@ class RefinedBoxes(NamedTuple):
     boxes: Tensor  # (N, D) every input box: the refined one where ``refined``, else the input box
     ebm_scores: Tensor  # (N,) f at the output box; -inf where the box was not refined
     init_scores: Tensor  # (N,) f at the input box; -inf where the box was not selected
-    refined: Tensor  # (N,) bool: refined, clipped and still valid and no worse than the input, so written back
+    refined: Tensor  # (N,) bool: refined, clipped, still valid and f gained >= min_gain (0: no worse), so written back
 
 
 def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: RefineConfig,

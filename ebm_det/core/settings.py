@@ -107,8 +107,8 @@ class RefineConfig:
         if not gains or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0 for g in gains):
             raise ValueError(f'min_gain must be a number >= 0 (inf allowed) or a non-empty sequence of them, one per '
                              f'class, got {self.min_gain!r}')
-        if not isinstance(self.min_gain, (int, float)):
-            object.__setattr__(self, 'min_gain', tuple(float(g) for g in gains))
+        object.__setattr__(self, 'min_gain', float(self.min_gain) if isinstance(self.min_gain, (int, float)) else
+                           tuple(float(g) for g in gains))
 
     @classmethod
     def build(cls, cfg=None, **overrides) -> 'RefineConfig':
@@ -121,6 +121,14 @@ class RefineConfig:
     def replace(self, **changes) -> 'RefineConfig':
         """A copy with ``changes`` (checked like the constructor)."""
         return RefineConfig.build(self, **changes)
+
+    def check_num_classes(self, num_classes: Optional[int], owner: str = 'test_cfg') -> 'RefineConfig':
+        """ValueError unless a per-class ``min_gain`` has ``num_classes`` values (None: unknown, no
+        check). Returns self."""
+        if isinstance(self.min_gain, tuple) and num_classes is not None and len(self.min_gain) != num_classes:
+            raise ValueError(f'{owner}.min_gain has {len(self.min_gain)} values; a per-class gate needs one per class '
+                             f'of the EBM head ({num_classes})')
+        return self
 
     def gain_margin(self, labels: 'torch.Tensor') -> Union[float, 'torch.Tensor']:
         """``min_gain`` for boxes of classes ``labels`` ((N,) long): a float, or an (N,) tensor on

@@ -39,6 +39,9 @@ def calibrate_min_gain(gain, iou_init, iou, labels=None,
     The criterion is the summed IoU change of the matched detections (a proxy for AP at high IoU
     thresholds: refinement does not change scores, so it moves AP only through localisation).
     Calibrate on images the head was not trained on and that the result is not reported on.
+
+    Raises:
+        ValueError: ``labels`` without ``num_classes``.
     """
     gain, delta = np.asarray(gain, dtype=np.float64), np.asarray(iou, np.float64) - np.asarray(iou_init, np.float64)
     if labels is None:

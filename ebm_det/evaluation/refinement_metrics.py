@@ -12,12 +12,14 @@ from .initial_metric import require_initial_fields, warn_if_worse
 class EBMLossMetric(BaseMetric):
     """The EBM's loss on fixed noise samples around the evaluated set's ground truth
     (``EBMRefineDetector(val_loss=True)`` writes it per batch): ``ebm/val_loss``, the mean over
-    ground-truth boxes. Lower is better (mmengine's ``CheckpointHook(save_best='ebm/val_loss')``
-    infers ``rule='less'`` from the name; give ``EarlyStoppingHook`` ``rule='less'``).
+    the valid ground-truth boxes. Lower is better (mmengine's ``CheckpointHook(save_best=
+    'ebm/val_loss')`` infers ``rule='less'`` from the name; give ``EarlyStoppingHook``
+    ``rule='less'``).
 
     Raises:
-        ValueError: no prediction carried the loss (the model's ``val_loss`` is off, or no image
-            of the evaluated set has ground truth).
+        ValueError: at the first batch that has ground truth but no loss (the model's
+            ``val_loss`` is off, or it is not an ``EBMRefineDetector``); at the end, when no batch
+            had ground truth (the test pipeline does not load it).
     """
     default_prefix = 'ebm'
 
@@ -25,6 +27,11 @@ class EBMLossMetric(BaseMetric):
         super().__init__(collect_device=collect_device, prefix=prefix)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        has_gt = any(len(s.get(k, {}).get(b, ())) for s in data_samples
+                     for k, b in (('gt_instances', 'bboxes'), ('gt_instances_3d', 'bboxes_3d')))
+        if has_gt and not any('ebm_val_num_gt' in s for s in data_samples):
+            raise ValueError('EBMLossMetric: the predictions carry no EBM validation loss: set model.val_loss=True '
+                             '(an EBMRefineDetector)')
         for sample in data_samples:
             if 'ebm_val_loss' in sample:
                 self.results.append((float(sample['ebm_val_loss']), int(sample['ebm_val_num_gt'])))
@@ -77,7 +84,7 @@ class RefinementLocalisationMetric(BaseMetric):
         out = dict(matched=len(before), iou_init=float(before.mean()), iou=float(after.mean()),
                    worse=float((after < before).float().mean()), better=float((after > before).float().mean()))
         out['iou_gain'] = out['iou'] - out['iou_init']
-        warn_if_worse('the mean IoU of matched detections', out['iou_init'], out['iou'],
+        warn_if_worse([('the mean IoU of matched detections', out['iou_init'], out['iou'])],
                       f"{out['matched']} detections, {100 * out['worse']:.0f}% moved away from their object")
         return out
 

@@ -108,7 +108,7 @@ class BaseEBMHead(BaseModule):
             return boxes, batch_idx, labels, context, None
         return (boxes[order], batch_idx[order], labels[order], {k: v[order] for k, v in context.items()}, order)
 
-    def loss(self, feats, gt_boxes: List, gt_labels: List[Tensor]) -> dict:
+    def loss(self, feats, gt_boxes: List, gt_labels: List[Tensor], subsample: bool = True) -> dict:
         """The EBM loss on samples drawn around every valid ground truth (``codec.valid``).
 
         Args:
@@ -116,6 +116,8 @@ class BaseEBMHead(BaseModule):
             gt_boxes: per image (n_i, >= D) boxes (tensors or box objects), in the frame of
                 ``feats`` (2D: network-input pixels).
             gt_labels: per image (n_i,) classes.
+            subsample: apply ``max_gt_per_batch`` (training); False scores every valid box
+                (the validation loss).
         Returns:
             dict(loss_ebm=scalar). Without valid ground truth, a zero that still reaches every
             parameter (for DDP).
@@ -129,7 +131,7 @@ class BaseEBMHead(BaseModule):
         batch_idx = torch.cat([torch.full((len(b), ), i, device=device) for i, b in enumerate(gt_boxes)]).long() \
             if gt_boxes else torch.zeros(0, dtype=torch.long, device=device)
         keep = self.codec.valid(boxes)
-        if self.max_gt_per_batch is not None:
+        if subsample and self.max_gt_per_batch is not None:
             keep &= torch.rand(len(boxes), device=device).argsort().argsort() < self.max_gt_per_batch
         boxes, labels, batch_idx = boxes[keep], labels[keep], batch_idx[keep]
         if boxes.numel() == 0:

@@ -34,7 +34,8 @@ class EBMRoIHead(StandardRoIHead):
                  nms_iou: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ebm_head = MODELS.build(ebm_head)
-        self.refine_cfg = RefineConfig.build(ebm_test_cfg)
+        self.refine_cfg = RefineConfig.build(ebm_test_cfg).check_num_classes(
+            getattr(self.ebm_head, 'num_classes', None), 'ebm_test_cfg')
         self.nms_by_ebm = nms_by_ebm
         self.nms_iou = nms_iou
 

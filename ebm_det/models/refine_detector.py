@@ -62,7 +62,8 @@ def refine_instances(head, feats, preds: Sequence, img_metas: Sequence[dict], cf
     ``ebm_scores`` (f at the output box, -inf where not refined) and ``ebm_init_scores`` (f at
     the detector's box, -inf where not selected for refinement); ``<boxes>`` holds the refined
     boxes, of the detector's box type and dtype. Boxes that are not valid (``codec.valid``), not
-    selected, or that refinement or clipping made degenerate keep the detector's box.
+    selected, that refinement or clipping made degenerate, or that gained less than
+    ``cfg.min_gain`` keep the detector's box.
     """
     codec = head.codec
     device = head.fc_score.weight.device
@@ -179,7 +180,7 @@ class EBMRefineDetector(BaseDetector):
     Prediction (``predict`` = ``detect`` with refinement): ``pred_instances.bboxes`` are the
     refined boxes; ``bboxes_init`` and ``scores_init`` keep the detector's, so
     ``InitialPredictionMetric`` scores both in one run; ``ebm_scores`` holds f at the refined box
-    (-inf for boxes left unrefined).
+    (-inf for boxes left unrefined) and ``ebm_init_scores`` f at the detector's box.
     """
     VAL_LOSS_SEED = 0
 
@@ -217,11 +218,7 @@ class EBMRefineDetector(BaseDetector):
         self.refine_cfg = RefineConfig.build(test_cfg)
         codec = self.ebm_head.codec
         self.refine_cfg.step_sizes_for(codec.dim, codec.default_step_sizes)  # a ValueError now, not at test time
-        num_classes = getattr(self.ebm_head, 'num_classes', None)
-        if not isinstance(self.refine_cfg.min_gain, float) and num_classes is not None and \
-                len(self.refine_cfg.min_gain) != num_classes:
-            raise ValueError(f'test_cfg.min_gain has {len(self.refine_cfg.min_gain)} values; a per-class gate needs '
-                             f'one per class of the EBM head ({num_classes})')
+        self.refine_cfg.check_num_classes(getattr(self.ebm_head, 'num_classes', None))
         if not isinstance(val_loss, bool):
             raise ValueError(f'val_loss must be True or False, got {val_loss!r}')
         self.val_loss = val_loss
@@ -379,10 +376,11 @@ class EBMRefineDetector(BaseDetector):
         return scale_boxes(self.ebm_head.codec.to_tensor(boxes), metainfo['scale_factor'])
 
     def attach_val_loss(self, feats, batch_data_samples: SampleList, results: SampleList) -> SampleList:
-        """With ``val_loss``: the EBM loss of the batch (noise seeded with ``VAL_LOSS_SEED``) on the
-        batch's first result as metainfo ``ebm_val_loss`` with ``ebm_val_num_gt``, the number of
-        valid ground-truth boxes it averages over; read by ``EBMLossMetric``. No field when a sample
-        has no ground truth loaded (inference) or the batch has no valid box. Returns ``results``.
+        """With ``val_loss``: the EBM loss of the batch (noise seeded with ``VAL_LOSS_SEED``; every
+        valid ground-truth box, no ``max_gt_per_batch`` subsampling) on the batch's first result as
+        metainfo ``ebm_val_loss`` with ``ebm_val_num_gt``, the number of boxes it averages over
+        (0 and no loss when the batch has none); read by ``EBMLossMetric``. No field when a sample
+        has no ground truth loaded (inference). Returns ``results``.
         """
         if not self.val_loss or not results:
             return results
@@ -393,12 +391,14 @@ class EBMRefineDetector(BaseDetector):
         gt_boxes = [self.ground_truth_in_input_frame(b, s.metainfo) for b, s in zip(gt_boxes, batch_data_samples)]
         num_gt = sum(int(codec.valid(b).sum()) for b in gt_boxes)  # validation only: a host sync is fine
         if num_gt == 0:
+            results[0].set_metainfo(dict(ebm_val_num_gt=0))  # computed, nothing to average
             return results
         device = feats[0].device
-        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), torch.enable_grad():
+        # no parameter graph (a loss that needs gradients in the boxes enables them itself)
+        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), torch.no_grad():
             torch.manual_seed(self.VAL_LOSS_SEED)
-            loss = self.ebm_head.loss(feats, gt_boxes, gt_labels)['loss_ebm']
-        results[0].set_metainfo(dict(ebm_val_loss=float(loss.detach()), ebm_val_num_gt=num_gt))
+            loss = self.ebm_head.loss(feats, gt_boxes, gt_labels, subsample=False)['loss_ebm']
+        results[0].set_metainfo(dict(ebm_val_loss=float(loss), ebm_val_num_gt=num_gt))
         return results
 
     def _forward(self, batch_inputs, batch_data_samples: OptConfigType = None):

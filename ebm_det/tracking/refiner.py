@@ -40,7 +40,7 @@ class EBMBoxRefiner:
             sub = {k[len('ebm_head.'):]: v for k, v in state.items() if k.startswith('ebm_head.')}
             ebm_head.load_state_dict(sub or state, strict=True)
         self.head = ebm_head
-        self.cfg = RefineConfig.build(cfg)
+        self.cfg = RefineConfig.build(cfg).check_num_classes(getattr(ebm_head, 'num_classes', None), 'track_refine_cfg')
         self.cfg.step_sizes_for(ebm_head.codec.dim, ebm_head.codec.default_step_sizes)  # checked now
         self.detector = detector
 

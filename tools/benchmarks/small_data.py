@@ -109,7 +109,8 @@ def calibrate(args, folder: Path, options: list, calib_ann: str):
                         '--data-root', f'{args.data}/', '--img-prefix', 'train/', '--out', str(out), '--device', 'cpu',
                         *extra],
                        check=True, cwd=ROOT)
-    return json.loads(out.read_text())['min_gain']
+    margin = json.loads(out.read_text())['min_gain']
+    return float(margin) if isinstance(margin, (str, int, float)) else [float(m) for m in margin]
 
 
 def row(variant: str, n: int, m: dict, g: dict, margin) -> dict:
@@ -159,7 +160,8 @@ def main() -> None:
     rows = []
     for variant, options in options_of.items():
         for n in args.sizes:
-            folder = train(args, f'small_{variant}_n{n}', anns[f'train_{n}'], options)
+            folder = train(args, f'small_{variant}_n{n}' + ('' if args.iters == 600 else f'_it{args.iters}'),
+                           anns[f'train_{n}'], options)
             opts = options.split()
             m = test(args, folder, opts, 'nogate')
             if args.no_gate:
