@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from shapes_2d import ROOT, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
+from shapes_2d import ROOT, require_detector, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
 # the head's optimiser on the shapes config's 600-iteration step schedule (no warm-up)
@@ -109,8 +109,7 @@ def plot(curves: dict, path: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    if not (ROOT / args.work / 'det' / 'last_checkpoint').exists():
-        raise SystemExit(f'no detector in {args.work}/det: run tools/benchmarks/shapes_2d.py first')
+    require_detector(args.work)
     curves = {f'K = {k}' + ('' if len(args.optimizers) == 1 else f', {opt}'): curve(args, k, opt)
               for opt in args.optimizers for k in args.updates}
     out = ROOT / args.out

@@ -48,6 +48,13 @@ def test_checkpoint(checkpoint, data: str, out: Path, options=(), work_dir=None)
     return json.loads(out.read_text())
 
 
+def require_detector(work: str) -> None:
+    """SystemExit unless this benchmark has trained its detector into ``work``/det (the sibling
+    benchmarks train EBM heads on it)."""
+    if not (ROOT / work / 'det' / 'last_checkpoint').exists():
+        raise SystemExit(f'no detector in {work}/det: run tools/benchmarks/shapes_2d.py first')
+
+
 def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict:
     """``test_checkpoint`` of the EBM checkpoint in ``work/<ebm_dir>`` with ``options``, and its
     wall-clock time (``test_seconds``)."""

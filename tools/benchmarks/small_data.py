@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shapes_2d import EBM_CFG, ROOT, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
+from shapes_2d import EBM_CFG, ROOT, require_detector, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
 
 # head variants: config options applied to the head's training and its tests
 VARIANTS = {
@@ -153,8 +153,7 @@ def plot(rows: list, path: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    if not (ROOT / args.work / 'det' / 'last_checkpoint').exists():
-        raise SystemExit(f'no detector in {args.work}/det: run tools/benchmarks/shapes_2d.py first')
+    require_detector(args.work)
     options_of = {v: variant_options(v) for v in args.variants}
     anns = split(args)
     rows = []
