@@ -43,6 +43,25 @@ def shapes_root(tmp_path_factory) -> Path:
     return out
 
 
+class QuadraticHead:
+    """f(b) = -|b - target|^2 / 2 for every box: a stand-in EBM head with a known optimum, for exact
+    cases of ``ebm_det.core.refine_boxes`` (2D boxes; the ascent in the identity space)."""
+
+    def __init__(self, target):
+        import torch
+        from ebm_det.core import Box2DCodec
+        self.codec = Box2DCodec()
+        self.target = torch.as_tensor(target, dtype=torch.float64)
+
+    def score_boxes(self, feats, boxes, batch_idx, labels, context_boxes=None):
+        return -0.5 * ((boxes - self.target.to(boxes))**2).sum(-1)
+
+    def refine(self, feats, boxes, batch_idx, labels, cfg):
+        from ebm_det.core import IdentitySpace, refine_by_gradient_ascent
+        return refine_by_gradient_ascent(lambda b, idx: self.score_boxes(feats, b, idx, None), boxes,
+                                         cfg.step_sizes or 1.0, cfg.num_steps, cfg.decay, space=IdentitySpace())
+
+
 def tiny_shapes_config(tmp_path: Path, base: str, data_root: Path, max_iters: int = 2, extra: str = '') -> Path:
     """Write a config inheriting ``configs/<base>`` that runs a few iterations on ``data_root``."""
     ann = f'{data_root}/annotations/instances_val.json'

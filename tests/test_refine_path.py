@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import QuadraticHead
 from ebm_det.core import (Box2DCodec, LiDARBoxCodec, RefineConfig, RefineResult, build_loss, refine_boxes,
                           refine_by_gradient_ascent)
 
@@ -89,23 +90,6 @@ def test_lidar_codec_keeps_extra_columns_and_box_type():
 
 
 # -------------------------------------------------------------------------------- refine_boxes
-class QuadraticHead:
-    """f(y) = -|b - target|^2 / 2 for every box (a stand-in EBM head with a known optimum)."""
-
-    codec = Box2DCodec()
-
-    def __init__(self, target):
-        self.target = torch.as_tensor(target, dtype=torch.float64)
-
-    def score_boxes(self, feats, boxes, batch_idx, labels, context_boxes=None):
-        return -0.5 * ((boxes - self.target.to(boxes))**2).sum(-1)
-
-    def refine(self, feats, boxes, batch_idx, labels, cfg):
-        from ebm_det.core import IdentitySpace
-        return refine_by_gradient_ascent(lambda b, idx: self.score_boxes(feats, b, idx, None), boxes,
-                                         cfg.step_sizes or 1.0, cfg.num_steps, cfg.decay, space=IdentitySpace())
-
-
 def test_refine_boxes_exact_small_case():
     """One step of size 1 on f = -|b - t|^2 / 2 lands exactly on t; clipping then keeps the image."""
     head = QuadraticHead([10., 10., 40., 50.])

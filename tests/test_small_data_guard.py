@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_tool
+from conftest import ROOT, QuadraticHead, load_tool
 
 pytest.importorskip('mmdet')
 
 import ebm_det  # noqa: E402,F401
-from ebm_det.core import Box2DCodec, IdentitySpace, RefineConfig, refine_boxes, refine_by_gradient_ascent  # noqa: E402
+from ebm_det.core import RefineConfig, refine_boxes  # noqa: E402
 from ebm_det.evaluation import (EBMLossMetric, InitialPredictionMetric, RefinementLocalisationMetric,  # noqa: E402
                                 best_margin, calibrate_min_gain, match_refined_detections)
 
@@ -42,21 +42,6 @@ def test_min_gain_values():
     labels = torch.tensor([2, 0, 1])
     assert RefineConfig(min_gain=[0, math.inf, 2]).gain_margin(labels).tolist() == [2.0, 0.0, math.inf]
     assert RefineConfig(min_gain=1.5).gain_margin(labels) == 1.5
-
-
-class QuadraticHead:
-    """f(b) = -|b - t|^2 / 2 (a stand-in EBM head with a known optimum)."""
-    codec = Box2DCodec()
-
-    def __init__(self, target):
-        self.target = torch.as_tensor(target, dtype=torch.float32)
-
-    def score_boxes(self, feats, boxes, batch_idx, labels, context_boxes=None):
-        return -0.5 * ((boxes - self.target.to(boxes))**2).sum(-1)
-
-    def refine(self, feats, boxes, batch_idx, labels, cfg):
-        return refine_by_gradient_ascent(lambda b, idx: self.score_boxes(feats, b, idx, None), boxes,
-                                         cfg.step_sizes or 1.0, cfg.num_steps, cfg.decay, space=IdentitySpace())
 
 
 def test_refine_boxes_gate_exact():
