@@ -267,6 +267,27 @@ def test_half_precision_features_refine_with_a_float32_head(dtype):
     assert pred.bboxes.dtype == torch.float32
 
 
+def test_autocast_refinement_keeps_the_rule_in_its_own_precision():
+    """test_cfg.autocast='bfloat16': the head runs in bf16, scores are compared in float32, so
+    every written-back box scores (in bf16) at least the detector's box, and the boxes stay close
+    to the float32 refinement's."""
+    model = _tiny_model()
+    feats = [torch.randn(1, 64, 96 // s, 128 // s) for s in (4, 8, 16, 32)]
+    boxes = torch.tensor([[10., 12., 60., 50.], [30., 30., 100., 90.], [5., 5., 40., 80.]])
+    idx, labels = torch.zeros(3, dtype=torch.long), torch.tensor([0, 3, 1])
+    shapes = torch.tensor([[96, 128]])
+    with torch.no_grad():
+        full = refine_boxes(model.ebm_head, feats, boxes, idx, labels, model.refine_cfg, img_shapes=shapes)
+        half = refine_boxes(model.ebm_head, feats, boxes, idx, labels, model.refine_cfg.replace(autocast='bfloat16'),
+                            img_shapes=shapes)
+    assert half.refined.any() and torch.isfinite(half.boxes).all()
+    assert half.ebm_scores.dtype == torch.float32
+    assert (half.ebm_scores[half.refined] >= half.init_scores[half.refined]).all()
+    assert (half.boxes - full.boxes).abs().max() < 2.0  # pixels, on boxes 35-70 px wide
+    with pytest.raises(ValueError, match='autocast'):
+        RefineConfig(autocast='int8')
+
+
 @pytest.mark.parametrize('pooling', ['grid_sample', 'prroi'])
 def test_head_refine_is_the_core_refiner_in_the_head_space(pooling):
     """``EBMBoxHead.refine`` is ``refine_by_gradient_ascent`` on ``head.score`` in (cx/w0, cy/h0, log w,

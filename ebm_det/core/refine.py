@@ -1,4 +1,5 @@
 """Batched gradient-ascent refinement of boxes on a learned score f(x, y)."""
+import contextlib
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -195,14 +196,18 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
     else:
         sel = select_for_refinement(scores, valid, batch_idx, num_images, cfg.score_thr, cfg.max_per_img)
     start, sel_idx, sel_labels = boxes[sel], batch_idx[sel], labels[sel]
-    res = head.refine(feats, start, sel_idx, sel_labels, cfg)
+    amp = (torch.autocast(boxes.device.type, dtype=getattr(torch, cfg.autocast)) if cfg.autocast else
+           contextlib.nullcontext())
+    with amp:
+        res = head.refine(feats, start, sel_idx, sel_labels, cfg)
     shapes = None if img_shapes is None else img_shapes.to(boxes.device)[sel_idx]
     out = codec.clip(res.boxes, shapes)
     out_scores = res.scores.float()
     clipped = (out != res.boxes).any(-1)
     if bool(clipped.any()):  # one host sync per call, after the ascent
-        out_scores[clipped] = head.score_boxes(feats, out[clipped], sel_idx[clipped], sel_labels[clipped],
-                                               context_boxes=start[clipped]).float()
+        with amp:  # the same f as the ascent's
+            out_scores[clipped] = head.score_boxes(feats, out[clipped], sel_idx[clipped], sel_labels[clipped],
+                                                   context_boxes=start[clipped]).float()
     init = res.init_scores.float()
     # refinement or clipping made it degenerate or worse, or it gained less than the gate's margin
     kept = codec.valid(out) & (out_scores >= init + cfg.gain_margin(sel_labels))

@@ -172,7 +172,7 @@ class EBMRefineDetector(BaseDetector):
             it (``LoadAnnotations`` after ``Resize``); boxes go to the input frame by
             ``metainfo['scale_factor']``; batches without it (inference) are skipped.
         test_cfg: refinement settings, a ``ebm_det.core.RefineConfig`` (num_steps, step_sizes,
-            decay, tol, max_per_img, score_thr, chunk_size, rescore_weight, enabled, min_gain),
+            decay, tol, max_per_img, score_thr, chunk_size, rescore_weight, enabled, min_gain, autocast),
             checked here: an unknown key or a bad value is a ValueError, as is a per-class
             ``min_gain`` whose length is not the head's ``num_classes``.
         data_preprocessor: defaults to the inner detector's.

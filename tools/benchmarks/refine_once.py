@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument('--pooling', choices=['grid_sample', 'prroi'], default='grid_sample')
     parser.add_argument('--compile', action='store_true', help='torch.compile the fc layers')
     parser.add_argument('--profile', action='store_true', help='print the top ops of one call')
-    parser.add_argument('--amp', choices=['bfloat16', 'float16'], help='run the head under autocast')
+    parser.add_argument('--amp', choices=['bfloat16', 'float16'], help='test_cfg.autocast: the head under autocast')
     args = parser.parse_args()
     n = args.boxes
     torch.manual_seed(0)
@@ -41,11 +41,12 @@ def main() -> None:
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     head, boxes, idx, shapes = (t.to(device) for t in (head, boxes, idx, shapes))
     feats = [f.to(device) for f in feats]
-    amp = torch.autocast(device, dtype=getattr(torch, args.amp or 'bfloat16'), enabled=args.amp is not None)
-    def run(num_steps):
-        return refine_boxes(head, feats, boxes, idx, idx, RefineConfig(num_steps=num_steps), img_shapes=shapes)
 
-    with torch.no_grad(), amp:
+    def run(num_steps):  # --amp: the product's RefineConfig.autocast
+        return refine_boxes(head, feats, boxes, idx, idx, RefineConfig(num_steps=num_steps, autocast=args.amp),
+                            img_shapes=shapes)
+
+    with torch.no_grad():
         run(2)
         for _ in range(3):
             t = time.perf_counter()
