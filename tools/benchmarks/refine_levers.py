@@ -1,0 +1,55 @@
+"""Test-time speed levers of refinement, each measured for AP and time in one run, on the 2D
+benchmark's trained detector and EBM head (``tools/benchmarks/shapes_2d.py`` must have run).
+
+    python tools/benchmarks/refine_levers.py [--levers float32 bf16 tol_1e-4 tol_1e-3 bf16+tol_1e-3]
+        [--work work_dirs/bench_2d] [--data data/shapes_bench] [--out docs/figures/refine_levers.md]
+
+Per lever: one tools/test.py pass over the 150 val images (COCO AP before/after, matched mean IoU)
+and, in this process, the detector's and the refinement's time per image on the first val batches
+(``shapes_2d.time_refinement``: no data loading or evaluation in the timed region).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from shapes_2d import ROOT, require_detector, test_checkpoint, time_refinement  # the sibling benchmark
+
+LEVERS = {
+    'float32': [],
+    'bf16': ['model.test_cfg.autocast=bfloat16'],
+    'tol_1e-4': ['model.test_cfg.tol=1e-4'],
+    'tol_1e-3': ['model.test_cfg.tol=1e-3'],
+    'bf16+tol_1e-3': ['model.test_cfg.autocast=bfloat16', 'model.test_cfg.tol=1e-3'],
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--levers', nargs='+', default=list(LEVERS), choices=list(LEVERS))
+    p.add_argument('--work', default='work_dirs/bench_2d')
+    p.add_argument('--data', default='data/shapes_bench')
+    p.add_argument('--ebm-dir', default='ebm')
+    p.add_argument('--out', default='docs/figures/refine_levers.md')
+    args = p.parse_args()
+    require_detector(args.work)
+    work = ROOT / args.work
+    ckpt = (work / args.ebm_dir / 'last_checkpoint').read_text().strip()
+    lines = [f'Command: `python tools/benchmarks/refine_levers.py {" ".join(sys.argv[1:])}` (head: '
+             f'{args.work}/{args.ebm_dir}; AP on the 150 val images, time per image on the first val batches)', '',
+             '| lever | AP | AP75 | matched mean IoU | detector ms | refinement ms | ratio |', '|---|---|---|---|---|---|---|']
+    for name in args.levers:
+        options = LEVERS[name]
+        m = test_checkpoint(ckpt, args.data, work / f'levers_{name}.json', options, work / 'test')
+        t = time_refinement(work, args.data, args.ebm_dir, options)
+        if name == args.levers[0]:
+            lines.append(f"| detector | {100 * m['coco_init/bbox_mAP']:.1f} | {100 * m['coco_init/bbox_mAP_75']:.1f} | "
+                         f"{m['refine/iou_init']:.4f} | | | |")
+        lines.append(f"| {name} | {100 * m['coco/bbox_mAP']:.1f} | {100 * m['coco/bbox_mAP_75']:.1f} | "
+                     f"{m['refine/iou']:.4f} | {t['det_ms']:.0f} | {t['refine_ms']:.0f} | {t['ratio']:.2f} |")
+    text = '\n'.join(lines) + '\n'
+    print(text)
+    (ROOT / args.out).write_text(text)
+
+
+if __name__ == '__main__':
+    main()
