@@ -105,10 +105,10 @@ def _row(detector: str, batch: int, n: int, steps: int, t_det: float, t_ref: flo
 
 
 def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_img: int = BOXES_PER_IMAGE,
-                             steps: int = STEPS):
+                             steps: int = STEPS, autocasts=(None, )):
+    """Rows per batch size and per ``RefineConfig.autocast`` setting (the detector timed once)."""
     wrapper = build_detector(config, device)
     head = wrapper.ebm_head
-    cfg = RefineConfig(num_steps=steps)
     rows = []
     for batch in (1, 2):
         inputs, samples = fake_batch(batch, device)
@@ -117,13 +117,18 @@ def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_i
             _, feats = wrapper.detect(inputs, samples, refine=False)
         boxes, bidx, labels = random_boxes(batch, boxes_per_img, inputs.shape[2], inputs.shape[3], device)
         shapes = torch.tensor([[inputs.shape[2], inputs.shape[3]]] * batch, device=device)
-        with torch.no_grad():
-            t_ref = timed(lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg, img_shapes=shapes), repeats,
-                          device)
-            fmaps = head.prepare_features(feats)
-            levels = head.map_levels(boxes)
-            t_fwd = timed(lambda: head.score(fmaps, boxes, bidx, labels, levels=levels), repeats, device)
-        rows.append(_row(config.split('_ebm')[0], batch, len(boxes), steps, t_det, t_ref, t_fwd))
+        for autocast in autocasts:
+            cfg = RefineConfig(num_steps=steps, autocast=autocast)
+            amp = torch.autocast(device, dtype=getattr(torch, autocast or 'float32'), enabled=autocast is not None)
+            with torch.no_grad():
+                t_ref = timed(lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg, img_shapes=shapes), repeats,
+                              device)
+                fmaps = head.prepare_features(feats)
+                levels = head.map_levels(boxes)
+                with amp:
+                    t_fwd = timed(lambda: head.score(fmaps, boxes, bidx, labels, levels=levels), repeats, device)
+            name = config.split('_ebm')[0] + (f', autocast {autocast}' if autocast else '')
+            rows.append(_row(name, batch, len(boxes), steps, t_det, t_ref, t_fwd))
     return rows
 
 
@@ -254,13 +259,15 @@ def to_markdown(res: dict, device: str, command: str) -> str:
     for r in res['refine']:
         lines.append(f"| {r['detector']} | {r['batch']} | {r['boxes']} | {r['det_s']:.3f} | {r['refine_s']:.3f} | "
                      f"{r['ratio']:.2f} | {r['box_steps_per_s']:.0f} | {r['floor_s']:.3f} | {r['floor_ratio']:.2f} |")
-    t = res['train']
-    lines += ['', f"Train step: detector {t['detector_train_step_s']:.3f} s, EBM (frozen detector, M=128, 10 GT/img, "
-              f"batch 2) {t['ebm_train_step_s']:.3f} s, ratio {t['ratio']:.2f}; of the EBM step, the frozen "
-              f"detector's features take {t['frozen_features_s']:.3f} s and the head "
-              f"{t['head_ratio']:.2f} of a detector step", '',
-              '| boxes | chunk | peak MB |', '|---|---|---|']
-    for m in res['memory']:
+    t = res.get('train')
+    if t is not None:
+        lines += ['', f"Train step: detector {t['detector_train_step_s']:.3f} s, EBM (frozen detector, M=128, "
+                  f"10 GT/img, batch 2) {t['ebm_train_step_s']:.3f} s, ratio {t['ratio']:.2f}; of the EBM step, the frozen "
+                  f"detector's features take {t['frozen_features_s']:.3f} s and the head "
+                  f"{t['head_ratio']:.2f} of a detector step"]
+    if res.get('memory'):
+        lines += ['', '| boxes | chunk | peak MB |', '|---|---|---|']
+    for m in res.get('memory', []):
         lines.append(f"| {m['boxes']} | {m['chunk'] or 'none'} | {m.get('peak_mb', float('nan')):.0f} |")
     return '\n'.join(lines) + '\n'
 
@@ -271,15 +278,18 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--out', default=None, help='write a markdown table here')
     parser.add_argument('--skip', nargs='*', default=[], choices=['refine', 'pointpillars', 'train', 'memory'])
+    parser.add_argument('--autocast', nargs='+', default=['none'], choices=['none', 'bfloat16', 'float16'],
+                        help='RefineConfig.autocast settings to time for the 2D detectors (each beside the same '
+                        'detector time)')
     parser.add_argument('--memory-child', nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         return _memory_child(*args.memory_child, args.device)
-    res = dict(refine=[], memory=[],
-               train=dict(detector_train_step_s=0, ebm_train_step_s=0, ratio=0, frozen_features_s=0, head_ratio=0))
+    res = dict(refine=[], memory=[])  # sections skipped with --skip are left out of the table
     if 'refine' not in args.skip:
         for cfg in ('faster-rcnn_r50_fpn_ebm-nceplus_1x_coco.py', 'retinanet_r50_fpn_ebm-nceplus_1x_coco.py'):
-            res['refine'] += bench_refine_vs_detector(cfg, args.device, args.repeats)
+            res['refine'] += bench_refine_vs_detector(cfg, args.device, args.repeats, autocasts=[
+                None if a == 'none' else a for a in args.autocast])
     if 'pointpillars' not in args.skip:
         res['refine'] += bench_refine_vs_pointpillars(args.device, args.repeats)
     if 'train' not in args.skip:
