@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument('--work', default='work_dirs/bench_2d')
     p.add_argument('--data', default='data/shapes_bench')
     p.add_argument('--ebm-dir', default='ebm')
+    p.add_argument('--head-options', nargs='*', default=[],
+                   help='config options the head was trained with (e.g. model.ebm_head.fc_channels=512)')
     p.add_argument('--out', default='docs/figures/refine_levers.md')
     args = p.parse_args()
     require_detector(args.work)
@@ -38,7 +40,7 @@ def main() -> None:
              f'{args.work}/{args.ebm_dir}; AP on the 150 val images, time per image on the first val batches)', '',
              '| lever | AP | AP75 | matched mean IoU | detector ms | refinement ms | ratio |', '|---|---|---|---|---|---|---|']
     for name in args.levers:
-        options = LEVERS[name]
+        options = [*args.head_options, *LEVERS[name]]
         m = test_checkpoint(ckpt, args.data, work / f'levers_{name}.json', options, work / 'test')
         t = time_refinement(work, args.data, args.ebm_dir, options)
         if name == args.levers[0]:

@@ -57,7 +57,7 @@ def timed(fn, repeats: int, device: str) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def build_detector(config: str, device: str, lidar: bool = False):
+def build_detector(config: str, device: str, lidar: bool = False, cfg_options: dict = None):
     """``configs/<config>`` with random weights (no checkpoint; ``init_weights`` is not called, so
     nothing is downloaded), in eval mode on ``device``: ``init_detector``, or mmdet3d's
     ``init_model`` for a LiDAR config."""
@@ -68,7 +68,7 @@ def build_detector(config: str, device: str, lidar: bool = False):
         from mmdet3d.apis import init_model
         return init_model(str(ROOT / 'configs' / config), device=device)
     from mmdet.apis import init_detector
-    return init_detector(str(ROOT / 'configs' / config), device=device)
+    return init_detector(str(ROOT / 'configs' / config), device=device, cfg_options=cfg_options)
 
 
 def fake_batch(batch: int, device: str, h: int = IMAGE_SIZE[0], w: int = IMAGE_SIZE[1],
@@ -105,9 +105,9 @@ def _row(detector: str, batch: int, n: int, steps: int, t_det: float, t_ref: flo
 
 
 def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_img: int = BOXES_PER_IMAGE,
-                             steps: int = STEPS, autocasts=(None, )):
+                             steps: int = STEPS, autocasts=(None, ), fc_channels: int = 1024):
     """Rows per batch size and per ``RefineConfig.autocast`` setting (the detector timed once)."""
-    wrapper = build_detector(config, device)
+    wrapper = build_detector(config, device, cfg_options={'model.ebm_head.fc_channels': fc_channels})
     head = wrapper.ebm_head
     rows = []
     for batch in (1, 2):
@@ -127,7 +127,8 @@ def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_i
                 levels = head.map_levels(boxes)
                 with amp:
                     t_fwd = timed(lambda: head.score(fmaps, boxes, bidx, labels, levels=levels), repeats, device)
-            name = config.split('_ebm')[0] + (f', autocast {autocast}' if autocast else '')
+            name = config.split('_ebm')[0] + (f', fc {fc_channels}' if fc_channels != 1024 else '') + \
+                (f', autocast {autocast}' if autocast else '')
             rows.append(_row(name, batch, len(boxes), steps, t_det, t_ref, t_fwd))
     return rows
 
@@ -281,6 +282,7 @@ def main() -> None:
     parser.add_argument('--autocast', nargs='+', default=['none'], choices=['none', 'bfloat16', 'float16'],
                         help='RefineConfig.autocast settings to time for the 2D detectors (each beside the same '
                         'detector time)')
+    parser.add_argument('--fc-channels', type=int, default=1024, help="the 2D EBM head's fc width")
     parser.add_argument('--memory-child', nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -289,7 +291,7 @@ def main() -> None:
     if 'refine' not in args.skip:
         for cfg in ('faster-rcnn_r50_fpn_ebm-nceplus_1x_coco.py', 'retinanet_r50_fpn_ebm-nceplus_1x_coco.py'):
             res['refine'] += bench_refine_vs_detector(cfg, args.device, args.repeats, autocasts=[
-                None if a == 'none' else a for a in args.autocast])
+                None if a == 'none' else a for a in args.autocast], fc_channels=args.fc_channels)
     if 'pointpillars' not in args.skip:
         res['refine'] += bench_refine_vs_pointpillars(args.device, args.repeats)
     if 'train' not in args.skip:
