@@ -170,7 +170,7 @@ class EBMRefineDetector(BaseDetector):
             ``ebm/val_loss`` for mmengine's ``save_best`` and ``EarlyStoppingHook``. Needs ground
             truth in the test pipeline, in the original image frame as mmdet's test pipelines load
             it (``LoadAnnotations`` after ``Resize``); boxes go to the input frame by
-            ``metainfo['scale_factor']``; batches without it (inference) are skipped.
+            ``metainfo['scale_factor']``; batches without any (inference) get no loss.
         test_cfg: refinement settings, a ``ebm_det.core.RefineConfig`` (num_steps, step_sizes,
             decay, tol, max_per_img, score_thr, chunk_size, rescore_weight, enabled, min_gain, autocast),
             checked here: an unknown key or a bad value is a ValueError, as is a per-class
@@ -379,8 +379,8 @@ class EBMRefineDetector(BaseDetector):
         """With ``val_loss``: the EBM loss of the batch (noise seeded with ``VAL_LOSS_SEED``; every
         valid ground-truth box, no ``max_gt_per_batch`` subsampling) on the batch's first result as
         metainfo ``ebm_val_loss`` with ``ebm_val_num_gt``, the number of boxes it averages over
-        (0 and no loss when the batch has none); read by ``EBMLossMetric``. No field when a sample
-        has no ground truth loaded (inference). Returns ``results``.
+        (0 and no loss when the batch has none, as at inference, where mmdet's pipelines load no
+        annotations); read by ``EBMLossMetric``. Returns ``results``.
         """
         if not self.val_loss or not results:
             return results

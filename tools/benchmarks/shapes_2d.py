@@ -95,22 +95,15 @@ def timed_detect_and_refine(model, batch: dict):
 
 def localisation(results) -> dict:
     """The same detections before and after refinement: each detection scoring >= MATCH_SCORE whose
-    initial box overlaps a GT box of its class with IoU >= MATCH_IOU, against that GT box."""
+    initial box overlaps a GT box of its class with IoU >= MATCH_IOU, against that GT box
+    (``ebm_det.evaluation.match_refined_detections``, as ``RefinementLocalisationMetric``)."""
     import torch
-    from mmdet.structures.bbox import bbox_overlaps
-    before, after = [], []
-    for r in results:
-        p, gt = r.pred_instances, r.gt_instances
-        same = p.labels[:, None] == gt.labels[None]
-        iou0 = torch.where(same, bbox_overlaps(p.bboxes_init, gt.bboxes), -1.0)
-        best, j = iou0.max(1) if len(gt) else (torch.full_like(p.scores, -1.0), None)
-        keep = (p.scores_init >= MATCH_SCORE) & (best >= MATCH_IOU)
-        if keep.any():
-            before.append(best[keep])
-            after.append(bbox_overlaps(p.bboxes[keep], gt.bboxes[j[keep]], is_aligned=True))
-    if not before:
+    from ebm_det.evaluation import match_refined_detections
+    matched = [match_refined_detections(r.to_dict(), MATCH_SCORE, MATCH_IOU) for r in results]
+    before = torch.cat([m['iou_init'] for m in matched]) if matched else torch.zeros(0)
+    after = torch.cat([m['iou'] for m in matched]) if matched else torch.zeros(0)
+    if not len(before):
         return dict(matched=0, iou_before=float('nan'), iou_after=float('nan'), improved=float('nan'))
-    before, after = torch.cat(before), torch.cat(after)
     return dict(matched=len(before), iou_before=float(before.mean()), iou_after=float(after.mean()),
                 improved=float((after > before).float().mean()))
 
