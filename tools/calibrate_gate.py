@@ -18,8 +18,7 @@ from mmengine.runner import Runner
 from mmengine.utils import ProgressBar
 
 import ebm_det  # noqa: F401
-from ebm_det.evaluation import match_refined_detections
-from ebm_det.evaluation.gate import calibrate_min_gain
+from ebm_det.evaluation import calibrate_min_gain, match_refined_detections
 
 
 def parse_args() -> argparse.Namespace:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ebm_det.core import RelativeBox2DSpace, refine_by_gradient_ascent, roi_grid_sample, sampling_layout
+from refine_speed import timed  # the sibling benchmark (torch and ebm_det.core only at import)
 
 STRIDES = (4, 8, 16, 32)
 PAPER_STEPS = (8e-4, 8e-4, 3.2e-3, 3.2e-3)  # ECCV 2020, NCE+, (cx/w0, cy/h0, log w, log h)
@@ -65,24 +66,6 @@ def inputs(batch: int, boxes_per_img: int, size, device, seed: int = 0):
     batch_idx = torch.arange(batch).repeat_interleave(boxes_per_img).to(device)
     labels = torch.randint(0, 80, (n, ), generator=g).to(device)
     return feats, boxes, batch_idx, labels
-
-
-def sync(device) -> None:
-    if torch.device(device).type == 'cuda':
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats: int) -> float:
-    """Median seconds of ``fn()`` after one warm-up call."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
 
 
 def refine_fn(head, feats, boxes, batch_idx, labels, steps: int, tol: float = 0.0, bf16: bool = False):
@@ -143,20 +126,21 @@ def main() -> None:
         variants = {'float32, T steps': dict()}
         if args.levers:
             variants.update({'bf16 autocast': dict(bf16=True), f'early exit tol={args.tol}': dict(tol=args.tol)})
-        det_s = timed(detector_fn(b, args.size, device), device, args.repeats)
+        det_s = timed(detector_fn(b, args.size, device), args.repeats, device.type)
         for label, kw in variants.items():
             fn = refine_fn(head, feats, boxes, batch_idx, labels, args.steps, **kw)
             res = fn()
-            s = timed(fn, device, args.repeats)
+            s = timed(fn, args.repeats, device.type)
             rows.append((b, label, s, det_s, int(res.steps)))
         if args.levers:
             compiled = torch.compile(head)
             fn = refine_fn(compiled, feats, boxes, batch_idx, labels, args.steps)
             t = time.perf_counter()
             fn()
-            sync(device)
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
             warm = time.perf_counter() - t
-            rows.append((b, f'torch.compile (first call {warm:.1f} s)', timed(fn, device, args.repeats), det_s,
+            rows.append((b, f'torch.compile (first call {warm:.1f} s)', timed(fn, args.repeats, device.type), det_s,
                          args.steps))
     macs = head.macs_per_box()
     lines = [f'Device: {name}; torch {torch.__version__}; input {args.size[0]}x{args.size[1]}, {args.boxes} boxes '
@@ -166,8 +150,8 @@ def main() -> None:
     for b, label, s, det_s, steps in rows:
         rate = b * args.boxes * args.steps / s
         frac = f'{100 * rate * 4 * macs / (peak * 1e12):.2f}%' if peak else 'n/a'
-        lines.append(f'| {b} | {label} | {steps} | {1000 * s:.1f} | {1000 * det_s:.1f} | {s / det_s:.3f} | {rate:,.0f} | '
-                     f'{frac} |')
+        lines.append(f'| {b} | {label} | {steps} | {1000 * s:.1f} | {1000 * det_s:.1f} | {s / det_s:.3f} | '
+                     f'{rate:,.0f} | {frac} |')
     text = '\n'.join(lines) + '\n'
     print(text)
     if args.out:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from shapes_2d import ROOT, require_detector, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
+from shapes_2d import ROOT, require_detector, test_checkpoint  # the sibling benchmark
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
 # the head's optimiser on the shapes config's 600-iteration step schedule (no warm-up)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shapes_2d import EBM_CFG, ROOT, require_detector, test_checkpoint  # the sibling benchmark (this folder is on sys.path)
+from shapes_2d import EBM_CFG, ROOT, require_detector, test_checkpoint  # the sibling benchmark
 
 # head variants: config options applied to the head's training and its tests
 VARIANTS = {
