@@ -6,8 +6,10 @@ _base_ = [
 ]
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
-    # a half-width ResNet-18 (base_channels=32): about 4x cheaper than R18, trains in minutes on 2 cores
-    backbone=dict(depth=18, base_channels=32, norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
+    # a half-width ResNet-18 (base_channels=32): about 4x cheaper than R18, trains in minutes on 2 cores.
+    # From scratch, so nothing is frozen: the COCO base's frozen_stages=1 (meant for ImageNet weights)
+    # would keep the stem and the first stage at their random initialisation.
+    backbone=dict(depth=18, base_channels=32, frozen_stages=-1, norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
     rpn_head=dict(in_channels=64, feat_channels=64,
                   anchor_generator=dict(scales=[4], strides=[4, 8, 16, 32, 64])),

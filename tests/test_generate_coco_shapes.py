@@ -91,6 +91,27 @@ def test_classes_subset_and_validation(tmp_path: Path) -> None:
         gen.generate(tmp_path, 1, 'train', size=64, classes=('hexagon',))
 
 
+def test_easy_difficulty_follows_its_preset(tmp_path: Path) -> None:
+    """The demo's 'easy' set: 1-4 objects per image, at least 60% of each visible, sizes from its
+    own range; an unknown difficulty is an error, not a silent default."""
+    easy = gen.DIFFICULTIES['easy']
+    data = json.loads(Path(gen.generate(tmp_path, 20, 'val', size=SIZE, seed=0, log_every=0,
+                                        difficulty='easy')).read_text())
+    per_image = np.bincount([a['image_id'] for a in data['annotations']], minlength=21)[1:]
+    assert per_image.min() >= 1 and per_image.max() <= easy.objects_range[1]
+    assert min(a['visible_fraction'] for a in data['annotations']) >= easy.min_visible_fraction
+    low = easy.diameter_at_reference[0] * SIZE / gen.REFERENCE_SIZE
+    # a shape's box side is at least ~0.3 of its bounding circle's diameter (the thinnest rectangle)
+    assert min(max(a['bbox'][2:]) for a in data['annotations']) >= 0.3 * low
+    assert 'difficulty=easy' in data['info']['description']
+    # 'hard' (the default) is the benchmark's set: bit-identical to a call without the argument
+    assert (_read_split(gen.generate(tmp_path / 'h', 2, 'train', size=SIZE, seed=0, log_every=0,
+                                     difficulty='hard'))
+            == _read_split(gen.generate(tmp_path / 'd', 2, 'train', size=SIZE, seed=0, log_every=0)))
+    with pytest.raises(ValueError, match='difficulty'):
+        gen.generate(tmp_path, 1, 'train', size=64, difficulty='medium')
+
+
 def test_same_seed_identical_different_seed_different(tmp_path: Path) -> None:
     first = _read_split(gen.generate(tmp_path / 'a', 4, 'train', size=SIZE, seed=0, log_every=0))
     again = _read_split(gen.generate(tmp_path / 'b', 4, 'train', size=SIZE, seed=0, log_every=0))

@@ -303,6 +303,25 @@ def test_missing_or_mismatched_detector_checkpoint_is_a_clear_error(tmp_path):
         model.init_weights()
 
 
+def test_cascade_rcnn_under_the_ebm(shapes_root, tmp_path):
+    """The same NCE+ head on a frozen 3-stage Cascade R-CNN (the Cascade configs of
+    tools/benchmarks/cascade_2d.py): trains through the Runner with the cascade's weights frozen,
+    and one test pass scores the third stage's boxes (coco_init) and the refined ones (coco)."""
+    det_cfg = tiny_shapes_config(tmp_path, 'cascade-rcnn_r18_fpn_shapes.py', shapes_root, max_iters=2)
+    run_config(det_cfg, tmp_path / 'det')
+    det_ckpt = _last_checkpoint(tmp_path / 'det')
+    ebm_cfg = tiny_shapes_config(tmp_path, 'cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root, max_iters=2,
+                                 extra=f"model = dict(detector_checkpoint='{det_ckpt}')\n")
+    run_config(ebm_cfg, tmp_path / 'ebm')
+    state = torch.load(_last_checkpoint(tmp_path / 'ebm'), map_location='cpu', weights_only=True)['state_dict']
+    det_state = torch.load(det_ckpt, map_location='cpu', weights_only=True)['state_dict']
+    assert any('roi_head.bbox_head.2' in k for k in det_state)  # three stages
+    for k, v in det_state.items():
+        assert torch.equal(state['detector.' + k], v), k
+    metrics = run_config(ebm_cfg, tmp_path / 'test', _last_checkpoint(tmp_path / 'ebm'), test=True)
+    assert {'coco/bbox_mAP', 'coco_init/bbox_mAP', 'refine/iou'} <= set(metrics)
+
+
 def test_mmdet_entry_points_on_the_ebm_config(trained, shapes_root):
     """MMDetection's own APIs on the CPU 2D EBM config: ``init_detector`` + ``inference_detector``
     and ``DetInferencer`` load the checkpoint (weights-only) and return both box sets."""

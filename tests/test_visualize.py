@@ -39,6 +39,13 @@ def test_visualize_refinement_pictures_and_heatmap(shapes_root, tmp_path):
         else:
             assert img.shape == (256, 256, 3)  # the original image (shapes_root: 256 px)
 
+    # --zoom: the same picture, enlarged (the demo draws its 256-px image at 3x)
+    zoomed = vis.main([str(cfg_path), str(ckpt), '--images', '1', '--score-thr', '0', '--zoom', '3',
+                       '--out-dir', str(tmp_path / 'vis3')])['paths'][1]
+    assert mmcv.imread(zoomed).shape == (768, 768, 3)
+    with pytest.raises(ValueError, match='zoom'):
+        vis.main([str(cfg_path), str(ckpt), '--zoom', '0', '--out-dir', str(tmp_path / 'vis0')])
+
     hm = out['heatmap']
     c = vis.STEPS // 2
     for name in ('shift', 'scale'):

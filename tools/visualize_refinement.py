@@ -10,7 +10,8 @@ space (cx / w0, cy / h0, log w, log h), 41 x 41 points per panel: left, centre s
 x marks the detector's box, o the refined box (its coordinates in the panel's two dimensions).
 
     python tools/visualize_refinement.py CONFIG CHECKPOINT [--images 4] [--split val] \\
-        [--score-thr 0.3] [--out-dir work_dirs/vis] [--heatmap-box 0] [--device cpu] [--cfg-options k=v ...]
+        [--score-thr 0.3] [--out-dir work_dirs/vis] [--heatmap-box 0] [--device cpu] [--zoom 1] \\
+        [--cfg-options k=v ...]
 
 e.g. with the demo's checkpoint (``make demo``):
 
@@ -47,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--heatmap-box', type=int, default=0,
                    help='heat map around the K-th highest-scoring detection of the first image (0 = best)')
     p.add_argument('--device', default='cpu', help="where the model runs ('cpu', 'cuda:0')")
+    p.add_argument('--zoom', type=int, default=1,
+                   help='draw the pictures at this many times the image size (nearest-neighbour), for small images')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p.parse_args(argv)
 
@@ -197,9 +200,10 @@ def write_heatmap(hm: dict, result, heatmap_box: int, classes, out_dir: str) -> 
     return path
 
 
-def write_picture(result, score_thr: float, out_dir: str) -> str:
-    """``<out_dir>/refine_<img_id>.png``: the original image with GT, the detector's and the refined
-    boxes of the detections scoring at least ``score_thr``; returns its path."""
+def write_picture(result, score_thr: float, out_dir: str, zoom: int = 1) -> str:
+    """``<out_dir>/refine_<img_id>.png``: the original image (enlarged ``zoom`` times,
+    nearest-neighbour) with GT, the detector's and the refined boxes of the detections scoring at
+    least ``score_thr``; returns its path."""
     import mmcv
     from mmdet.structures.bbox import get_box_tensor
     pred = result.pred_instances
@@ -207,7 +211,9 @@ def write_picture(result, score_thr: float, out_dir: str) -> str:
     # GT in original-image pixels: mmdet's test pipelines load annotations after Resize
     gt = get_box_tensor(result.gt_instances.bboxes).cpu() if 'gt_instances' in result else np.zeros((0, 4))
     image = mmcv.imread(result.img_path, channel_order='rgb')
-    drawn = draw_refinement(image, gt, pred.bboxes_init.cpu()[keep], pred.bboxes.cpu()[keep])
+    if zoom != 1:
+        image = mmcv.imrescale(image, zoom, interpolation='nearest')
+    drawn = draw_refinement(image, gt * zoom, pred.bboxes_init.cpu()[keep] * zoom, pred.bboxes.cpu()[keep] * zoom)
     path = osp.join(out_dir, f'refine_{image_id(result)}.png')
     mmcv.imwrite(mmcv.rgb2bgr(drawn), path)
     return path
@@ -218,6 +224,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.images < 1:
         raise ValueError('--images must be at least 1')
+    if args.zoom < 1:
+        raise ValueError('--zoom must be at least 1')
     from mmengine.config import Config
     cfg = Config.fromfile(args.config)  # imports the config's custom_imports
     if args.cfg_options:
@@ -230,7 +238,7 @@ def main(argv=None) -> dict:
         if hm is None:
             hm = heatmap_data(model, feats, results[0], args.heatmap_box)
             paths.append(write_heatmap(hm, results[0], args.heatmap_box, classes, args.out_dir))
-        paths += [write_picture(r, args.score_thr, args.out_dir) for r in results]
+        paths += [write_picture(r, args.score_thr, args.out_dir, args.zoom) for r in results]
     for path in paths:
         print(f'wrote {path}')
     return dict(paths=paths, heatmap=hm)

@@ -35,16 +35,19 @@ MATCH_SCORE = 0.3  # localisation: detections scoring at least this (detector's 
 MATCH_IOU = 0.5  # ... whose initial box overlaps a GT box of their class at least this much
 
 
-def test_checkpoint(checkpoint, data: str, out: Path, options=(), work_dir=None) -> dict:
-    """The metrics of one tools/test.py run of an EBM checkpoint of ``EBM_CFG`` on the val images
-    of ``data`` with config ``options``, also written to ``out``: ``coco/...`` (refined),
-    ``coco_init/...`` (the detector's), ``refine/...`` and ``ebm/val_loss``. Shared by the 2D
-    benchmarks (head_throughput.py and small_data.py import it)."""
+def test_checkpoint(checkpoint, data: str, out: Path, options=(), work_dir=None, config: str = EBM_CFG) -> dict:
+    """The metrics of one tools/test.py run of a checkpoint of ``config`` (default ``EBM_CFG``) on
+    the val images of ``data`` with config ``options``, also written to ``out``. For an EBM config:
+    ``coco/...`` (refined), ``coco_init/...`` (the detector's), ``refine/...`` and ``ebm/val_loss``;
+    for a plain detector config (one CocoMetric): ``coco/...``. Shared by the 2D benchmarks
+    (head_throughput.py, small_data.py and cascade_2d.py import it)."""
     ann = f'{data}/annotations/instances_val.json'
-    subprocess.run([sys.executable, 'tools/test.py', EBM_CFG, str(checkpoint), '--work-dir',
+    ebm = 'ebm' in Path(config).stem
+    evaluator = [f'test_evaluator.0.ann_file={ann}', f'test_evaluator.1.metric.ann_file={ann}'] if ebm else [
+        f'test_evaluator.ann_file={ann}']
+    subprocess.run([sys.executable, 'tools/test.py', config, str(checkpoint), '--work-dir',
                     str(work_dir or out.parent / 'test'), '--out-json', str(out), '--cfg-options',
-                    f'test_dataloader.dataset.data_root={data}/', f'test_evaluator.0.ann_file={ann}',
-                    f'test_evaluator.1.metric.ann_file={ann}', *options], check=True, cwd=ROOT)
+                    f'test_dataloader.dataset.data_root={data}/', *evaluator, *options], check=True, cwd=ROOT)
     return json.loads(out.read_text())
 
 
@@ -66,13 +69,14 @@ def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict
     return metrics
 
 
-def load_model_and_batches(work: Path, data: str, num_batches: int, ebm_dir: str = 'ebm', options=()):
-    """The trained EBM detector of ``work/<ebm_dir>`` (``init_detector``, CPU, config ``options``)
-    and its first ``num_batches`` preprocessed test batches of ``data``."""
+def load_model_and_batches(work: Path, data: str, num_batches: int, ebm_dir: str = 'ebm', options=(),
+                           config: str = EBM_CFG):
+    """The trained model of ``config`` in ``work/<ebm_dir>`` (``init_detector``, CPU, config
+    ``options``) and its first ``num_batches`` preprocessed test batches of ``data``."""
     from mmdet.apis import init_detector
     from mmengine.config import Config, DictAction
     from mmengine.runner import Runner
-    cfg = Config.fromfile(str(ROOT / EBM_CFG))
+    cfg = Config.fromfile(str(ROOT / config))
     cfg.test_dataloader.dataset.data_root = f'{data}/'
     for option in options:
         key, value = option.split('=', 1)
@@ -122,12 +126,13 @@ def rejected_share(model, batch: dict) -> tuple:
     return int((res.attempted - res.accepted).sum()), int(res.attempted.sum())
 
 
-def time_refinement(work: Path, data: str, ebm_dir: str = 'ebm', options=(), num_batches: int = TIMING_BATCHES) -> dict:
+def time_refinement(work: Path, data: str, ebm_dir: str = 'ebm', options=(), num_batches: int = TIMING_BATCHES,
+                    config: str = EBM_CFG) -> dict:
     """Detector inference vs refinement time on the first val batches, in this process (no
     evaluation or data loading inside the timed region), the localisation of the refined pass, and
     the share of refinement steps that were rejected."""
     import torch
-    model, batches = load_model_and_batches(work, data, num_batches, ebm_dir, options)
+    model, batches = load_model_and_batches(work, data, num_batches, ebm_dir, options, config)
     with torch.no_grad():  # refinement enables the gradients it needs
         timed_detect_and_refine(model, batches[0])  # warm-up
         passes = [timed_detect_and_refine(model, b) for b in batches]
@@ -161,7 +166,7 @@ def parse_args() -> argparse.Namespace:
 def demo_env(args: argparse.Namespace) -> dict:
     """tools/demo.sh's settings for this run."""
     return dict(os.environ, DATA=args.data, WORK=args.work, NUM_TRAIN=str(args.num_train), NUM_VAL=str(args.num_val),
-                DET_ITERS=str(args.det_iters), EBM_ITERS=str(args.ebm_iters))
+                DET_ITERS=str(args.det_iters), EBM_ITERS=str(args.ebm_iters), DIFFICULTY='hard')
 
 
 def ap_row(label: str, metrics: dict, prefix: str = 'coco') -> str:

@@ -4,7 +4,7 @@
 Usage::
 
     python tools/data/generate_coco_shapes.py --out data/shapes --num-train 600 --num-val 150 \
-        --size 256 --seed 0
+        --size 256 --seed 0 [--difficulty hard|easy]
 
 writes::
 
@@ -26,6 +26,11 @@ What an image holds:
   with the image size, at least 6 px, at most 0.8 * size) and a random rotation (half of the
   rectangles stay axis-aligned); later objects partly hide earlier ones;
 * Gaussian blur on some objects and some whole images, and pixel noise on every image.
+
+That is the default, ``--difficulty hard`` (the 2D benchmark's set). ``--difficulty easy`` (the
+demo's set, :data:`DIFFICULTIES`) keeps the shapes, textures and backgrounds but places 1-4
+objects of 32-160 px (at 256 px) in solid fills on a plain colour gradient, draws no clutter and
+no blur, and drops objects more than 40% hidden.
 
 Labelling rules (why each one):
 
@@ -220,15 +225,17 @@ def pattern_field(rng: np.random.Generator, height: int, width: int, kind: str,
     raise ValueError(f'unknown pattern kind {kind!r}')
 
 
-def object_texture(rng: np.random.Generator, side: int) -> np.ndarray:
-    """Return a (side, side, 3) float32 BGR texture: two colours mixed by a random pattern."""
+def object_texture(rng: np.random.Generator, side: int,
+                   fills: Sequence[str] = FILL_KINDS) -> np.ndarray:
+    """Return a (side, side, 3) float32 BGR texture: two colours mixed by a random pattern of
+    one of the ``fills`` kinds (see :func:`pattern_field`)."""
     first = random_color(rng)
     # The second colour is either a darker shade (reads as one material) or another hue.
     if rng.random() < SHADE_PROB:
         second = first * rng.uniform(*SHADE_FACTOR)
     else:
         second = random_color(rng)
-    kind = FILL_KINDS[int(rng.integers(len(FILL_KINDS)))]
+    kind = fills[int(rng.integers(len(fills)))]
     periods = pattern_periods(side, OBJECT_MIN_PERIOD, OBJECT_PERIODS_PER_SIDE)
     field = pattern_field(rng, side, side, kind, periods)[..., None]
     texture = first * (1.0 - field) + second * field
@@ -281,12 +288,14 @@ def _faint_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
     return (field - 0.5) * rng.uniform(*BACKGROUND_PATTERN_CONTRAST)
 
 
-def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Return a (size, size, 3) uint8 BGR background: gradient, colour noise, faint pattern."""
+def draw_background(rng: np.random.Generator, size: int, textured: bool = True) -> np.ndarray:
+    """Return a (size, size, 3) uint8 BGR background: gradient, colour noise, faint pattern (the
+    gradient alone unless ``textured``)."""
     image = _gradient(rng, size)
-    image += _colour_noise(rng, size)
-    if rng.random() < BACKGROUND_PATTERN_PROB:
-        image += _faint_pattern(rng, size)
+    if textured:
+        image += _colour_noise(rng, size)
+        if rng.random() < BACKGROUND_PATTERN_PROB:
+            image += _faint_pattern(rng, size)
     return np.clip(image, 0, PIXEL_MAX).astype(np.uint8)
 
 
@@ -404,10 +413,13 @@ def draw_clutter(rng: np.random.Generator, image: np.ndarray, max_blob: float,
     _draw_blobs(rng, image, max_blob)
 
 
-def draw_cluttered_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Return a (size, size, 3) uint8 BGR background with the clutter that lies under objects."""
-    image = draw_background(rng, size)
-    draw_clutter(rng, image, max_blob=BACKGROUND_BLOB_FRACTION * size)
+def draw_cluttered_background(rng: np.random.Generator, size: int, clutter: bool = True,
+                              textured: bool = True) -> np.ndarray:
+    """Return a (size, size, 3) uint8 BGR background (:func:`draw_background`), with the clutter
+    that lies under objects unless ``clutter`` is False."""
+    image = draw_background(rng, size, textured)
+    if clutter:
+        draw_clutter(rng, image, max_blob=BACKGROUND_BLOB_FRACTION * size)
     return image
 
 
@@ -474,11 +486,13 @@ def patch_window(origin: Tuple[int, int], side: int,
             slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
 
 
-def default_diameter_range(size: int) -> Tuple[float, float]:
-    """(min, max) object diameter in px for a ``size`` px image: DIAMETER_AT_REFERENCE scaled,
-    at least MIN_DIAMETER, at most MAX_DIAMETER_FRACTION * size (and at least 1 px above min)."""
-    low = max(MIN_DIAMETER, DIAMETER_AT_REFERENCE[0] * size / REFERENCE_SIZE)
-    high = min(DIAMETER_AT_REFERENCE[1] * size / REFERENCE_SIZE, MAX_DIAMETER_FRACTION * size)
+def default_diameter_range(size: int, at_reference: Tuple[float, float] = DIAMETER_AT_REFERENCE
+                           ) -> Tuple[float, float]:
+    """(min, max) object diameter in px for a ``size`` px image: ``at_reference`` (px at
+    REFERENCE_SIZE) scaled, at least MIN_DIAMETER, at most MAX_DIAMETER_FRACTION * size (and at
+    least 1 px above min)."""
+    low = max(MIN_DIAMETER, at_reference[0] * size / REFERENCE_SIZE)
+    high = min(at_reference[1] * size / REFERENCE_SIZE, MAX_DIAMETER_FRACTION * size)
     return low, max(low + 1.0, high)
 
 
@@ -567,7 +581,8 @@ def keep_visible(instances: Sequence[ShapeInstance],
 
 
 def most_contrasting_texture(rng: np.random.Generator, side: int,
-                             contrast: Callable[[np.ndarray], float]) -> np.ndarray:
+                             contrast: Callable[[np.ndarray], float],
+                             fills: Sequence[str] = FILL_KINDS) -> np.ndarray:
     """Return the (side, side, 3) float32 texture of highest ``contrast`` among TEXTURE_TRIES
     draws of :func:`object_texture`, stopping at the first above ENOUGH_CONTRAST.
 
@@ -575,7 +590,7 @@ def most_contrasting_texture(rng: np.random.Generator, side: int,
     """
     best, best_contrast = None, -1.0
     for _ in range(TEXTURE_TRIES):
-        texture = object_texture(rng, side)
+        texture = object_texture(rng, side, fills)
         value = contrast(texture)
         if value > best_contrast:
             best, best_contrast = texture, value
@@ -590,7 +605,7 @@ def round_to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def paint_shape(rng: np.random.Generator, image: np.ndarray, inst: ShapeInstance,
-                blur_prob: float) -> None:
+                blur_prob: float, fills: Sequence[str] = FILL_KINDS) -> None:
     """Alpha-blend a textured object into the (size, size, 3) uint8 image, in place."""
     side = inst.alpha.shape[0]
     rows, cols, prows, pcols = patch_window(inst.origin, side, image.shape[0])
@@ -598,7 +613,8 @@ def paint_shape(rng: np.random.Generator, image: np.ndarray, inst: ShapeInstance
     mask = inst.alpha[prows, pcols] >= HALF_COVERAGE
     below_mean = below[mask].mean(0)
     texture = most_contrasting_texture(
-        rng, side, lambda tex: float(np.linalg.norm(tex[prows, pcols][mask].mean(0) - below_mean)))
+        rng, side, lambda tex: float(np.linalg.norm(tex[prows, pcols][mask].mean(0) - below_mean)),
+        fills)
     alpha = inst.alpha.astype(np.float32) / 255.0
     if rng.random() < blur_prob:
         sigma = rng.uniform(*OBJECT_BLUR_SIGMA)
@@ -624,12 +640,43 @@ def _camera_effects(rng: np.random.Generator, image: np.ndarray,
     return round_to_uint8(result)
 
 
+@dataclass(frozen=True)
+class Difficulty:
+    """What makes a set hard; :data:`DIFFICULTIES` holds the named presets.
+
+    ``diameter_at_reference`` is the (min, max) object diameter in px at REFERENCE_SIZE, scaled
+    with the image side as in :func:`default_diameter_range`; the other fields are
+    :func:`render_scene`'s arguments of the same names, and ``clutter`` switches off every
+    unannotated distractor (under and over the objects).
+    """
+    objects_range: Tuple[int, int] = (2, 8)
+    diameter_at_reference: Tuple[float, float] = DIAMETER_AT_REFERENCE
+    clutter: bool = True
+    min_visible_fraction: float = 0.3
+    object_blur_prob: float = 0.2
+    image_blur_prob: float = 0.25
+    fills: Tuple[str, ...] = FILL_KINDS
+    textured_background: bool = True
+
+
+# 'hard': the 2D benchmark's set (the default). 'easy': the demo's, where a detector trained for a
+# few minutes is no toy: 1-4 objects of 32-160 px in solid fills on a plain colour gradient, no
+# clutter, no blur, at most 40% hidden.
+DIFFICULTIES: Dict[str, Difficulty] = {
+    'hard': Difficulty(),
+    'easy': Difficulty(objects_range=(1, 4), diameter_at_reference=(32.0, 160.0), clutter=False,
+                       min_visible_fraction=0.6, object_blur_prob=0.0, image_blur_prob=0.0,
+                       fills=('solid', ), textured_background=False),
+}
+
+
 def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str],
                  objects_range: Tuple[int, int] = (2, 8),
                  diameter_range: Optional[Tuple[float, float]] = None,
                  min_visible_fraction: float = 0.3, min_in_image_fraction: float = 0.6,
-                 object_blur_prob: float = 0.2, image_blur_prob: float = 0.25
-                 ) -> Tuple[np.ndarray, List[ShapeInstance]]:
+                 object_blur_prob: float = 0.2, image_blur_prob: float = 0.25,
+                 clutter: bool = True, fills: Sequence[str] = FILL_KINDS,
+                 textured_background: bool = True) -> Tuple[np.ndarray, List[ShapeInstance]]:
     """Render one image.
 
     Args:
@@ -644,19 +691,23 @@ def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str],
         min_visible_fraction: objects hidden more than this by later ones are not painted.
         min_in_image_fraction: share of each shape that must lie inside the image.
         object_blur_prob, image_blur_prob: chance of a Gaussian blur per object / per image.
+        clutter: draw the unannotated distractors (under the objects, and over them in some
+            images); False leaves the background's gradient, colour noise and pattern only.
+        fills: the fill kinds objects are painted with (a subset of FILL_KINDS).
+        textured_background: colour noise and a faint pattern on the background's gradient.
 
     Returns:
         (size, size, 3) uint8 BGR image and the annotated objects in paint order (at least one).
     """
     if diameter_range is None:
         diameter_range = default_diameter_range(size)
-    image = draw_cluttered_background(rng, size)
+    image = draw_cluttered_background(rng, size, clutter, textured_background)
     placed = _place_objects(rng, size, classes, objects_range, diameter_range,
                             min_in_image_fraction)
     instances = keep_visible(placed, min_visible_fraction)
     for inst in instances:
-        paint_shape(rng, image, inst, object_blur_prob)
-    if rng.random() < OVERLAY_PROB:
+        paint_shape(rng, image, inst, object_blur_prob, fills)
+    if clutter and rng.random() < OVERLAY_PROB:
         draw_clutter(rng, image, max_blob=0.0, thin_only=True)
     return _camera_effects(rng, image, image_blur_prob), instances
 
@@ -678,18 +729,19 @@ def _coco_annotations(instances: Sequence[ShapeInstance], image_id: int,
 
 
 def _coco_dataset(images: List[dict], annotations: List[dict], classes: Sequence[str],
-                  split: str, seed: int, size: int) -> dict:
+                  split: str, seed: int, size: int, difficulty: str) -> dict:
     """The COCO json content of one split (category ids 1..len(classes))."""
     return dict(
         info=dict(description=f'ebm_det synthetic shapes, split={split}, seed={seed}, '
-                              f'size={size}'),
+                              f'size={size}, difficulty={difficulty}'),
         images=images, annotations=annotations,
         categories=[dict(id=i + 1, name=name, supercategory='shape')
                     for i, name in enumerate(classes)])
 
 
 def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int = 256, seed: int = 0,
-             classes: Sequence[str] = SHAPE_CLASSES, log_every: int = 100) -> str:
+             classes: Sequence[str] = SHAPE_CLASSES, log_every: int = 100,
+             difficulty: str = 'hard') -> str:
     """Write ``num_images`` images and their COCO annotations for one split.
 
     Args:
@@ -702,11 +754,24 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
         classes: shape names out of :data:`SHAPE_CLASSES`; category ids are 1..len(classes) in
             this order.
         log_every: print a progress line every this many images (0: never).
+        difficulty: a key of :data:`DIFFICULTIES` ('hard', the benchmark's set, or 'easy').
 
     Returns:
         Path of the written annotation json.
+
+    Raises:
+        ValueError: unknown classes or difficulty, negative seed or count, size below 16.
     """
     check_classes(classes)
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f'difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}')
+    preset = DIFFICULTIES[difficulty]
+    scene = dict(objects_range=preset.objects_range,
+                 diameter_range=default_diameter_range(size, preset.diameter_at_reference),
+                 min_visible_fraction=preset.min_visible_fraction,
+                 object_blur_prob=preset.object_blur_prob, image_blur_prob=preset.image_blur_prob,
+                 clutter=preset.clutter, fills=preset.fills,
+                 textured_background=preset.textured_background)
     if seed < 0 or num_images < 0 or size < MIN_IMAGE_SIZE:
         raise ValueError(f'need seed >= 0, num_images >= 0 and size >= {MIN_IMAGE_SIZE}')
     root = Path(out_dir)
@@ -718,7 +783,7 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
     start = time.perf_counter()
     for index in range(num_images):
         rng = np.random.default_rng([seed, split_key, index])
-        image, instances = render_scene(rng, size, classes)
+        image, instances = render_scene(rng, size, classes, **scene)
         image_id = index + 1
         file_name = f'{image_id:06d}.png'
         if not cv2.imwrite(str(image_dir / file_name), image):
@@ -730,7 +795,7 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
                   f'{time.perf_counter() - start:.1f} s', flush=True)
     json_path = root / 'annotations' / f'instances_{split}.json'
     with open(json_path, 'w') as f:
-        json.dump(_coco_dataset(images, annotations, classes, split, seed, size), f)
+        json.dump(_coco_dataset(images, annotations, classes, split, seed, size, difficulty), f)
     return str(json_path)
 
 
@@ -744,10 +809,14 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--classes', nargs='+', default=list(SHAPE_CLASSES),
                         choices=SHAPE_CLASSES, help='shape classes, in category-id order')
+    parser.add_argument('--difficulty', default='hard', choices=sorted(DIFFICULTIES),
+                        help="'hard': the 2D benchmark's set; 'easy': the demo's (1-4 objects of "
+                             '32-160 px, solid fills, plain gradient background, no clutter, no blur)')
     args = parser.parse_args()
     for split, count in (('train', args.num_train), ('val', args.num_val)):
         start = time.perf_counter()
-        path = generate(args.out, count, split, args.size, args.seed, args.classes)
+        path = generate(args.out, count, split, args.size, args.seed, args.classes,
+                        difficulty=args.difficulty)
         print(f'{split}: {count} images -> {path} ({time.perf_counter() - start:.1f} s)')
 
 
