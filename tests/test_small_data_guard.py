@@ -237,6 +237,11 @@ def test_test_tool_says_loudly_what_refinement_made_worse():
     assert test_tool.refinement_losses(metrics) == ['coco/bbox_mAP: 0.2500 -> 0.2000', 'refine/iou: 0.7500 -> 0.7000']
     metrics.update({'coco/bbox_mAP': 0.3, 'refine/iou': 0.8, 'coco/bbox_mAP_50': 0.3995, 'coco_init/bbox_mAP_50': 0.4})
     assert test_tool.refinement_losses(metrics) == []  # a 0.05-point drop is noise
+    # a drop of exactly 0.1 point, which float makes 0.0010000000000000009 (the demo's AP50 once)
+    metrics.update({'coco/bbox_mAP_50': 0.384, 'coco_init/bbox_mAP_50': 0.385})
+    assert test_tool.refinement_losses(metrics) == []
+    metrics.update({'coco/bbox_mAP_50': 0.3835})
+    assert test_tool.refinement_losses(metrics) == ['coco/bbox_mAP_50: 0.3850 -> 0.3835']
     assert 'refine/iou                                 0.7500   0.8000  +0.0500' in test_tool.before_after_table(metrics)
 
 

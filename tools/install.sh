@@ -57,13 +57,16 @@ else
     if $PYTHON -c 'import sys, torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(0 if v >= (2, 10) else 1)'; then
       sed -i "s/-std=c++17/-std=c++20/g" "$src"/mmcv-2.1.0/setup.py
     fi
-    # the 77 CPU op sources as 6 unity translation units (torch's headers parsed 7 times, not 78),
+    # the 76 CPU op sources as 6 unity translation units + pybind.cpp (torch's headers parsed 7 times, not 77),
     # and no debug info (-g0): the same code, built in a fraction of the time (README, Quick start)
     if [ "${FORCE_CUDA:-0}" = 0 ] && [ "${MMCV_UNITY:-1}" = 1 ]; then
       $PYTHON "$ROOT/tools/mmcv_unity_sources.py" "$src"/mmcv-2.1.0 || die "regrouping mmcv's sources"
     fi
+    # CFLAGS replaces Python's own compile flags in torch's extension build, so they are repeated
+    # here (they hold -O3; without them the ops are built unoptimised: RoIAlign 2.5x, nms 3.3x slower)
+    cflags="$($PYTHON -c 'import sysconfig; print(sysconfig.get_config_var("CFLAGS") or "-O3")') -g0 ${CFLAGS:-}"
     mkdir -p "$wheel_dir"
-    (cd "$src"/mmcv-2.1.0 && MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} FORCE_CUDA=${FORCE_CUDA:-0} CFLAGS="${CFLAGS:-} -g0" \
+    (cd "$src"/mmcv-2.1.0 && MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} FORCE_CUDA=${FORCE_CUDA:-0} CFLAGS="$cflags" \
       $PYTHON -m pip wheel -q --no-deps --no-build-isolation . -w "$src/wheel") || die "mmcv build (log above)"
     # the .so keeps 30 MB of debug info; strip it inside the wheel before caching.
     (cd "$src/wheel" && $PYTHON -m wheel unpack -d unpacked mmcv-2.1.0-*.whl >/dev/null \

@@ -4,7 +4,7 @@
     python tools/mmcv_unity_sources.py PATH/TO/mmcv-2.1.0
 
 mmcv's CPU build (``MMCV_WITH_OPS=1``, no CUDA) compiles every ``mmcv/ops/csrc/pytorch/*.cpp``
-and ``mmcv/ops/csrc/pytorch/cpu/*.cpp``: 83 files, each parsing torch's headers again, which is
+and ``mmcv/ops/csrc/pytorch/cpu/*.cpp``: 77 files, each parsing torch's headers again, which is
 most of the 9-11 minutes the build takes on 2 cores. This moves those files (and the headers beside
 them) into a ``_unity/`` folder next to each and writes, in their place, a few ``unity_<n>.cpp``
 that ``#include`` them, so setup.py's globs compile the unity files only; ``pybind.cpp`` stays as

@@ -14,7 +14,7 @@ from mmengine.dist import get_rank
 from mmengine.runner import Runner
 
 import ebm_det  # noqa: F401
-from ebm_det.evaluation.initial_metric import MIN_DROP
+from ebm_det.evaluation.initial_metric import MIN_DROP, dropped
 from train import setup_cpu_distributed  # the sibling tool (this folder is on sys.path)
 
 
@@ -59,7 +59,7 @@ def refinement_losses(metrics: dict, suffix: str = '_init', min_drop: float = MI
     """'name: before -> after' for every AP-like result (a name containing 'AP') and every mean IoU
     that refinement lowered by more than ``min_drop`` (0.001: 0.1 AP point)."""
     return [f'{name}: {before:.4f} -> {after:.4f}' for name, before, after in before_after_pairs(metrics, suffix)
-            if ('AP' in name or name.endswith('/iou')) and before - after > min_drop]
+            if ('AP' in name or name.endswith('/iou')) and dropped(before, after, min_drop)]
 
 
 def main() -> None:
