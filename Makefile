@@ -1,5 +1,5 @@
 # The two commands of the README. Each first runs tools/install.sh, which installs only what is
-# missing (2 min 35 s on a fresh 2-core machine, about a minute of it the mmcv build; seconds afterwards).
+# missing (3 min 12 s on a fresh 2-core machine, 97 s of it the mmcv build; seconds afterwards).
 PYTHON ?= python3
 export PYTHON
 
