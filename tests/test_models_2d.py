@@ -138,17 +138,23 @@ def _last_checkpoint(work_dir):
     return (work_dir / 'last_checkpoint').read_text().strip()
 
 
-@pytest.fixture(scope='module')
-def trained(shapes_root, tmp_path_factory):
-    """A detector trained 2 iterations, then an EBM head trained 3 iterations on it."""
-    tmp = tmp_path_factory.mktemp('runner')
-    det_cfg = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_shapes.py', shapes_root, max_iters=2)
+def train_detector_then_ebm(tmp, shapes_root, det_base: str, ebm_base: str, ebm_iters: int = 3) -> dict:
+    """A detector of ``det_base`` trained 2 iterations, then the EBM config ``ebm_base`` trained
+    ``ebm_iters`` iterations on it, frozen; the paths of both."""
+    det_cfg = tiny_shapes_config(tmp, det_base, shapes_root, max_iters=2)
     run_config(det_cfg, tmp / 'det')
     det_ckpt = _last_checkpoint(tmp / 'det')
-    ebm_cfg = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root, max_iters=3,
+    ebm_cfg = tiny_shapes_config(tmp, ebm_base, shapes_root, max_iters=ebm_iters,
                                  extra=f"model = dict(detector_checkpoint='{det_ckpt}')\n")
     run_config(ebm_cfg, tmp / 'ebm')
     return dict(tmp=tmp, det_ckpt=det_ckpt, ebm_cfg=ebm_cfg, ebm_ckpt=_last_checkpoint(tmp / 'ebm'))
+
+
+@pytest.fixture(scope='module')
+def trained(shapes_root, tmp_path_factory):
+    """A detector trained 2 iterations, then an EBM head trained 3 iterations on it."""
+    return train_detector_then_ebm(tmp_path_factory.mktemp('runner'), shapes_root, 'faster-rcnn_r18_fpn_shapes.py',
+                                   'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py')
 
 
 def test_runner_train_freezes_detector_and_tests_before_after(trained):
@@ -307,18 +313,14 @@ def test_cascade_rcnn_under_the_ebm(shapes_root, tmp_path):
     """The same NCE+ head on a frozen 3-stage Cascade R-CNN (the Cascade configs of
     tools/benchmarks/cascade_2d.py): trains through the Runner with the cascade's weights frozen,
     and one test pass scores the third stage's boxes (coco_init) and the refined ones (coco)."""
-    det_cfg = tiny_shapes_config(tmp_path, 'cascade-rcnn_r18_fpn_shapes.py', shapes_root, max_iters=2)
-    run_config(det_cfg, tmp_path / 'det')
-    det_ckpt = _last_checkpoint(tmp_path / 'det')
-    ebm_cfg = tiny_shapes_config(tmp_path, 'cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root, max_iters=2,
-                                 extra=f"model = dict(detector_checkpoint='{det_ckpt}')\n")
-    run_config(ebm_cfg, tmp_path / 'ebm')
-    state = torch.load(_last_checkpoint(tmp_path / 'ebm'), map_location='cpu', weights_only=True)['state_dict']
-    det_state = torch.load(det_ckpt, map_location='cpu', weights_only=True)['state_dict']
+    run = train_detector_then_ebm(tmp_path, shapes_root, 'cascade-rcnn_r18_fpn_shapes.py',
+                                  'cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py', ebm_iters=2)
+    state = torch.load(run['ebm_ckpt'], map_location='cpu', weights_only=True)['state_dict']
+    det_state = torch.load(run['det_ckpt'], map_location='cpu', weights_only=True)['state_dict']
     assert any('roi_head.bbox_head.2' in k for k in det_state)  # three stages
     for k, v in det_state.items():
         assert torch.equal(state['detector.' + k], v), k
-    metrics = run_config(ebm_cfg, tmp_path / 'test', _last_checkpoint(tmp_path / 'ebm'), test=True)
+    metrics = run_config(run['ebm_cfg'], tmp_path / 'test', run['ebm_ckpt'], test=True)
     assert {'coco/bbox_mAP', 'coco_init/bbox_mAP', 'refine/iou'} <= set(metrics)
 
 
