@@ -47,28 +47,28 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def train_seconds(work_dir: Path) -> float:
-    """Training time of the newest run in ``work_dir``: the sum over mmengine's logged training
-    records of ``time`` (s per iteration, averaged over the logging window) x the window's
-    iterations."""
+def training_records(work_dir: Path) -> list:
+    """(iteration, logged seconds per iteration) of every training record of the newest run in
+    ``work_dir`` (mmengine's ``vis_data/scalars.json``; ``time`` is averaged over the logging
+    window; validation records carry no loss)."""
     runs = sorted(work_dir.glob('*/vis_data/scalars.json'))
     if not runs:
         raise SystemExit(f'no training log in {work_dir}')
-    total, last = 0.0, 0
-    for line in runs[-1].read_text().splitlines():
-        rec = json.loads(line)
-        if 'time' in rec and 'loss' in rec:  # training records (validation ones carry no loss)
-            total += rec['time'] * (rec['iter'] - last)
-            last = rec['iter']
-    return total
+    records = [json.loads(line) for line in runs[-1].read_text().splitlines()]
+    return [(r['iter'], r['time']) for r in records if 'time' in r and 'loss' in r]
+
+
+def train_seconds(work_dir: Path) -> float:
+    """Training time of the newest run in ``work_dir``: each record's time per iteration x the
+    iterations since the previous record, summed."""
+    records = training_records(work_dir)
+    return sum(t * (it - prev) for (it, t), prev in zip(records, [0] + [it for it, _ in records]))
 
 
 def seconds_per_iteration(work_dir: Path, skip: int = 20) -> float:
     """Mean logged time per training iteration of the newest run in ``work_dir`` after the first
     ``skip`` iterations (warm-up: allocations, the first data loads)."""
-    runs = sorted(work_dir.glob('*/vis_data/scalars.json'))
-    records = [json.loads(line) for line in runs[-1].read_text().splitlines()]
-    times = [r['time'] for r in records if 'time' in r and 'loss' in r and r['iter'] > skip]
+    times = [t for it, t in training_records(work_dir) if it > skip]
     if not times:
         raise SystemExit(f'{work_dir}: no training record after iteration {skip}')
     return sum(times) / len(times)

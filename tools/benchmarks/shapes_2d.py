@@ -41,8 +41,9 @@ def test_checkpoint(checkpoint, data: str, out: Path, options=(), work_dir=None,
     ``coco/...`` (refined), ``coco_init/...`` (the detector's), ``refine/...`` and ``ebm/val_loss``;
     for a plain detector config (one CocoMetric): ``coco/...``. Shared by the 2D benchmarks
     (head_throughput.py, small_data.py and cascade_2d.py import it)."""
+    from mmengine.config import Config
     ann = f'{data}/annotations/instances_val.json'
-    ebm = 'ebm' in Path(config).stem
+    ebm = isinstance(Config.fromfile(str(ROOT / config)).test_evaluator, list)  # CocoMetric + the EBM's metrics
     evaluator = [f'test_evaluator.0.ann_file={ann}', f'test_evaluator.1.metric.ann_file={ann}'] if ebm else [
         f'test_evaluator.ann_file={ann}']
     subprocess.run([sys.executable, 'tools/test.py', config, str(checkpoint), '--work-dir',

@@ -648,6 +648,7 @@ class Difficulty:
     with the image side as in :func:`default_diameter_range`; the other fields are
     :func:`render_scene`'s arguments of the same names, and ``clutter`` switches off every
     unannotated distractor (under and over the objects).
+    The default is the 2D benchmark's set ('hard').
     """
     objects_range: Tuple[int, int] = (2, 8)
     diameter_at_reference: Tuple[float, float] = DIAMETER_AT_REFERENCE
@@ -671,45 +672,34 @@ DIFFICULTIES: Dict[str, Difficulty] = {
 
 
 def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str],
-                 objects_range: Tuple[int, int] = (2, 8),
-                 diameter_range: Optional[Tuple[float, float]] = None,
-                 min_visible_fraction: float = 0.3, min_in_image_fraction: float = 0.6,
-                 object_blur_prob: float = 0.2, image_blur_prob: float = 0.25,
-                 clutter: bool = True, fills: Sequence[str] = FILL_KINDS,
-                 textured_background: bool = True) -> Tuple[np.ndarray, List[ShapeInstance]]:
+                 difficulty: Difficulty = Difficulty(), min_in_image_fraction: float = 0.6
+                 ) -> Tuple[np.ndarray, List[ShapeInstance]]:
     """Render one image.
 
     Args:
         rng: the image's own generator (the only source of randomness).
         size: image side in px.
         classes: shape names (keys of ``SHAPE_OUTLINES``); ``label`` indexes this list.
-        objects_range: inclusive (min, max) number of objects placed before the visibility
-            filter.
-        diameter_range: (min, max) bounding-circle diameter in px; default 8-200 px at 256 px,
-            scaled with ``size`` (at least 6 px, at most 0.8 * size), see
-            :func:`default_diameter_range`.
-        min_visible_fraction: objects hidden more than this by later ones are not painted.
+        difficulty: what the scene holds (:class:`Difficulty`; default the benchmark's 'hard'):
+            the object count before the visibility filter, their diameter range (scaled with
+            ``size``, see :func:`default_diameter_range`), the visibility filter (objects hidden
+            more than ``min_visible_fraction`` by later ones are not painted), blur chances per
+            object / image, clutter, fills and background texture.
         min_in_image_fraction: share of each shape that must lie inside the image.
-        object_blur_prob, image_blur_prob: chance of a Gaussian blur per object / per image.
-        clutter: draw the unannotated distractors (under the objects, and over them in some
-            images); False leaves the background's gradient, colour noise and pattern only.
-        fills: the fill kinds objects are painted with (a subset of FILL_KINDS).
-        textured_background: colour noise and a faint pattern on the background's gradient.
 
     Returns:
         (size, size, 3) uint8 BGR image and the annotated objects in paint order (at least one).
     """
-    if diameter_range is None:
-        diameter_range = default_diameter_range(size)
-    image = draw_cluttered_background(rng, size, clutter, textured_background)
-    placed = _place_objects(rng, size, classes, objects_range, diameter_range,
-                            min_in_image_fraction)
-    instances = keep_visible(placed, min_visible_fraction)
+    d = difficulty
+    image = draw_cluttered_background(rng, size, d.clutter, d.textured_background)
+    placed = _place_objects(rng, size, classes, d.objects_range,
+                            default_diameter_range(size, d.diameter_at_reference), min_in_image_fraction)
+    instances = keep_visible(placed, d.min_visible_fraction)
     for inst in instances:
-        paint_shape(rng, image, inst, object_blur_prob, fills)
-    if clutter and rng.random() < OVERLAY_PROB:
+        paint_shape(rng, image, inst, d.object_blur_prob, d.fills)
+    if d.clutter and rng.random() < OVERLAY_PROB:
         draw_clutter(rng, image, max_blob=0.0, thin_only=True)
-    return _camera_effects(rng, image, image_blur_prob), instances
+    return _camera_effects(rng, image, d.image_blur_prob), instances
 
 
 # ----------------------------------------------------------------------------------------- COCO
@@ -765,13 +755,6 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
     check_classes(classes)
     if difficulty not in DIFFICULTIES:
         raise ValueError(f'difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}')
-    preset = DIFFICULTIES[difficulty]
-    scene = dict(objects_range=preset.objects_range,
-                 diameter_range=default_diameter_range(size, preset.diameter_at_reference),
-                 min_visible_fraction=preset.min_visible_fraction,
-                 object_blur_prob=preset.object_blur_prob, image_blur_prob=preset.image_blur_prob,
-                 clutter=preset.clutter, fills=preset.fills,
-                 textured_background=preset.textured_background)
     if seed < 0 or num_images < 0 or size < MIN_IMAGE_SIZE:
         raise ValueError(f'need seed >= 0, num_images >= 0 and size >= {MIN_IMAGE_SIZE}')
     root = Path(out_dir)
@@ -783,7 +766,7 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
     start = time.perf_counter()
     for index in range(num_images):
         rng = np.random.default_rng([seed, split_key, index])
-        image, instances = render_scene(rng, size, classes, **scene)
+        image, instances = render_scene(rng, size, classes, DIFFICULTIES[difficulty])
         image_id = index + 1
         file_name = f'{image_id:06d}.png'
         if not cv2.imwrite(str(image_dir / file_name), image):
