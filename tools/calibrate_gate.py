@@ -22,7 +22,7 @@ from ebm_det.evaluation import calibrate_min_gain, match_refined_detections
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
     p.add_argument('checkpoint')
     p.add_argument('--ann-file', required=True, help='COCO annotations of the held-out images (relative to the data root, as mmdet datasets take it, or absolute)')

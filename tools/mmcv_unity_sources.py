@@ -73,7 +73,7 @@ def regroup(folder: Path, units: int, conflicts=()) -> list:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('source', help='the unpacked sdist (the folder holding setup.py)')
     args = p.parse_args(argv)
     csrc = Path(args.source) / 'mmcv' / 'ops' / 'csrc' / 'pytorch'

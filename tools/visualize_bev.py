@@ -44,7 +44,7 @@ Extent = Tuple[float, float, float, float]  # x0, x1, y0, y1 in metres
 
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
     p.add_argument('checkpoint')
     p.add_argument('--frame', type=int, default=0, help='index in the val (test) dataset')

@@ -38,7 +38,7 @@ PANELS = dict(shift=(0, 1), scale=(2, 3))  # dimensions of the box space each pa
 
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
     p.add_argument('checkpoint')
     p.add_argument('--images', type=int, default=4, help='draw the first N images of the split')
@@ -51,7 +51,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--zoom', type=int, default=1,
                    help='draw the pictures at this many times the image size (nearest-neighbour), for small images')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ('images', 'zoom'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name} must be at least 1, got {getattr(args, name)}')  # usage + exit status 2
+    return args
 
 
 def build_model(cfg, checkpoint: str, device: str = 'cpu'):
@@ -222,10 +226,6 @@ def write_picture(result, score_thr: float, out_dir: str, zoom: int = 1) -> str:
 def main(argv=None) -> dict:
     """Writes the pictures and returns {'paths': [...], 'heatmap': heatmap_data(...)}."""
     args = parse_args(argv)
-    if args.images < 1:
-        raise ValueError('--images must be at least 1')
-    if args.zoom < 1:
-        raise ValueError('--zoom must be at least 1')
     from mmengine.config import Config
     cfg = Config.fromfile(args.config)  # imports the config's custom_imports
     if args.cfg_options:

@@ -35,7 +35,7 @@ CASCADE_EBM_CFG = 'configs/cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py'
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--work', default='work_dirs/bench_2d', help="shapes_2d.py's work dir (Faster R-CNN + EBM)")
     p.add_argument('--data', default='data/shapes_bench')
     p.add_argument('--det-iters', type=int, default=2400, help="the Faster R-CNN's iterations (shapes_2d.py's)")

@@ -100,7 +100,7 @@ def detector_fn(batch: int, size, device):
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--batches', type=int, nargs='+', default=[1, 8])
     p.add_argument('--boxes', type=int, default=100, help='boxes per image')

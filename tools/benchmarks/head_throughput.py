@@ -34,7 +34,7 @@ OPTIMIZERS = {
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--updates', type=int, nargs='+', default=[1, 2, 4, 8], help='K values')
     p.add_argument('--optimizers', nargs='+', default=['adam_1e-4'], choices=sorted(OPTIMIZERS))
     p.add_argument('--iters', type=int, default=600, help='EBM training iterations (batches) per run')

@@ -24,7 +24,7 @@ LEVERS = {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--levers', nargs='+', default=list(LEVERS), choices=list(LEVERS))
     p.add_argument('--work', default='work_dirs/bench_2d')
     p.add_argument('--data', default='data/shapes_bench')

@@ -16,7 +16,7 @@ from ebm_det.models import EBMBoxHead
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--boxes', type=int, default=100)
     parser.add_argument('--reduced-channels', type=int, default=None)
     parser.add_argument('--fc-channels', type=int, default=1024)

@@ -35,7 +35,7 @@ VARIANTS = {
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--sizes', type=int, nargs='+', default=[50, 100, 200, 550], help='training images')
     p.add_argument('--variants', nargs='+', default=['paper'],
                    help=f'head variants, of {sorted(VARIANTS)}; join several with + to combine them (dropout+narrow)')

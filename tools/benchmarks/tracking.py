@@ -494,7 +494,7 @@ def runner_check(model_cfg, ckpt: str, data_root: Path, work_dir: str) -> dict:
 
 # -------------------------------------------------------------------------------------- the CLI
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--ebm-work-dir', default='work_dirs/demo/ebm')
     parser.add_argument('--train-dir', default='work_dirs/tracking_bench')
     parser.add_argument('--shapes-data', default='data/shapes')

@@ -784,7 +784,7 @@ def generate(out_dir: Union[str, Path], num_images: int, split: str, size: int =
 
 def main() -> None:
     """Command-line entry: generate the train and val splits."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='data/shapes', help='dataset root')
     parser.add_argument('--num-train', type=int, default=600)
     parser.add_argument('--num-val', type=int, default=150)

@@ -817,7 +817,7 @@ def generate(out_dir: str, num_train: int, num_val: int, seed: int = 0,
 
 def main(argv: Sequence[str] = None) -> None:
     """CLI entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='data/kitti_gen')
     parser.add_argument('--num-train', type=int, default=200)
     parser.add_argument('--num-val', type=int, default=50)

@@ -567,7 +567,7 @@ def read_seqinfo(seq_dir: Union[str, Path]) -> dict:
 
 def main() -> None:
     """Command-line entry: generate the given splits."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='data/mot_gen', help='dataset root')
     parser.add_argument('--splits', nargs='+', default=['val'])
     parser.add_argument('--num-seqs', type=int, default=4)
