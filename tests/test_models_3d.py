@@ -299,3 +299,74 @@ def test_predict_empty_cloud_and_no_detections(trained3d):
         pred = sample.pred_instances_3d
         assert len(pred.bboxes_3d) == 0 and pred.bboxes_3d.tensor.shape[1] == 7
         _check(pred, refined_any=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) training throughput: K head updates per frozen-detector forward
+# ---------------------------------------------------------------------------------------------
+def _ebm_cfg_3d(**model):
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'pointpillars_ebm-nce_kitti-gen_car.py'))
+    cfg.model.ebm_head.loss = dict(type='NCELoss', num_samples=8)
+    cfg.model.update(model)
+    return cfg
+
+
+def _build_3d(model_cfg):
+    from mmengine.registry import init_default_scope
+    from mmdet3d.registry import MODELS
+    init_default_scope('mmdet3d')
+    return MODELS.build(model_cfg)
+
+
+def test_head_updates_take_k_steps_on_one_detector_forward_3d():
+    """The 3D wrapper inherits ``train_step``: the voxelised batch (``data['inputs']`` a dict) goes once
+    through the frozen detector's ``extract_feat``, then the head takes K optimiser steps."""
+    from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
+    from mmengine.optim import OptimWrapper
+    from mmengine.structures import InstanceData
+    torch.manual_seed(0)
+    model = _build_3d(_ebm_cfg_3d(head_updates=3).model)
+    model.init_weights()
+    model.train()
+    calls = dict(extract=0, steps=0)
+    extract = model.detector.extract_feat
+
+    def counted_extract(batch_inputs):
+        calls['extract'] += 1
+        assert isinstance(batch_inputs, dict) and 'voxels' in batch_inputs  # the preprocessor's 3D output
+        return extract(batch_inputs)
+
+    model.detector.extract_feat = counted_extract
+    optim = OptimWrapper(torch.optim.SGD(model.ebm_head.parameters(), lr=0.1))
+    step = optim.step
+
+    def counted_step(*a, **k):
+        calls['steps'] += 1
+        return step(*a, **k)
+
+    optim.step = counted_step
+    g = torch.Generator().manual_seed(0)
+    points = [torch.rand(2000, 4, generator=g) * torch.tensor([40.0, 40.0, 3.0, 1.0]) +
+              torch.tensor([0.0, -20.0, -2.5, 0.0]) for _ in range(2)]
+    samples = []
+    for boxes in (_boxes()[:2], _boxes()[2:]):
+        sample = Det3DDataSample(metainfo=dict(box_type_3d=LiDARInstance3DBoxes))
+        sample.gt_instances_3d = InstanceData(bboxes_3d=LiDARInstance3DBoxes(boxes),
+                                              labels_3d=torch.zeros(len(boxes), dtype=torch.long))
+        samples.append(sample)
+    head_before = model.ebm_head.fc_score.weight.detach().clone()
+    det_before = {k: v.clone() for k, v in model.detector.state_dict().items()}
+    log = model.train_step(dict(inputs=dict(points=points), data_samples=samples), optim)
+    assert calls == dict(extract=1, steps=3) and 'loss_ebm' in log
+    assert not torch.equal(head_before, model.ebm_head.fc_score.weight)
+    for k, v in model.detector.state_dict().items():  # frozen: weights and BN statistics unchanged
+        assert torch.equal(v, det_before[k]), k
+    assert all(p.grad is None for p in model.detector.parameters())
+
+
+def test_feature_cache_is_refused_by_the_3d_wrapper():
+    """The feature cache keys features by image tensors; a 3D batch is a dict, so it is refused when built."""
+    with pytest.raises(ValueError, match='feature_cache'):
+        _build_3d(_ebm_cfg_3d(feature_cache=8).model)
+    assert _build_3d(_ebm_cfg_3d(head_updates=2).model).feature_cache is None

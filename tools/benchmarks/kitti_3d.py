@@ -1,38 +1,48 @@
 """EBM refinement of a LiDAR detector's boxes on generated KITTI-format scenes, on a CPU.
 
-Steps (each skipped when its output already exists, so a rerun only redoes what is missing):
+Steps (data and training are skipped when their output already exists, made with the same
+settings, so a rerun only redoes what is missing):
 
 1. data: ``tools/data/generate_kitti_scenes.py`` (run through its CLI) writes ``--num-train`` /
    ``--num-val`` frames (seed ``--seed``) to ``--data`` unless its info files already hold that
-   many frames;
-2. detector: ``configs/pointpillars_kitti-gen_car.py`` trained from scratch for ``--det-iters``
-   iterations (short on purpose: the boxes keep a localisation error to refine);
+   many frames; the training frames are then split (``split_train_infos``) into
+   ``kitti_infos_fit.pkl`` (the first ``--num-train`` - ``--num-tune``, which detector and heads
+   train on) and ``kitti_infos_tune.pkl`` (the last ``--num-tune``, held out to choose lambda);
+2. detector: ``configs/pointpillars_kitti-gen_car.py`` trained from scratch on the fit frames for
+   ``--det-iters`` iterations (short on purpose: the boxes keep a localisation error to refine);
 3. EBM: ``configs/pointpillars_ebm-nce_kitti-gen_car.py`` (an NCE ``EBMBoxHead3D`` on the frozen
-   detector, boxes in metres and radians as the paper) for ``--ebm-iters`` iterations; with
-   ``--normalized`` also a head trained in ``Box3DSpace(normalized=True)`` (centre over the box
-   diagonal, log sizes) with sigmas (centre 0.01 / 0.02 / 0.04, log-size 0.01 / 0.02 / 0.04, yaw
-   as the paper);
-4. test, once, over the val set: each head is loaded with ``mmdet3d.apis.init_model``; per batch
-   the detector runs once (voxelisation + ``EBMRefineDetector3D.detect(..., refine=False)``,
-   timed), then each head refines copies of those boxes (``EBMRefineDetector3D.refine`` with
-   ``refine_cfg.replace(step_sizes=lambda)``, timed) for every step size lambda of
-   ``--step-sizes``; each variant is scored by KittiMetric, the detector's own boxes by
-   ``InitialPredictionMetric``. Car AP40 (moderate) is computed at IoU 0.7 (KittiMetric's
-   'strict' numbers) and 0.8 from the same KITTI-format results with mmdet3d's ``do_eval`` and
-   a custom overlap array (mmdet3d's ``kitti_eval`` hard-codes 0.7 / 0.5).
+   detector, boxes in metres and radians as the paper) on the fit frames for ``--ebm-iters``
+   iterations of ``--head-updates`` K optimiser steps each (``model.head_updates``: one frozen-
+   detector forward per batch); with ``--normalized`` also a head trained in
+   ``Box3DSpace(normalized=True)`` (centre over the box diagonal, log sizes) with sigmas (centre
+   0.01 / 0.02 / 0.04, log-size 0.01 / 0.02 / 0.04, yaw as the paper). Each run's wall-clock time
+   is kept beside its checkpoint (``TRAIN_RECORD``), so the table gives it even when reused;
+4. tune: one test pass over the tune frames; each head refines the detector's boxes with every
+   candidate step size lambda of ``--step-sizes``, and keeps the one of best Car BEV AP40
+   (moderate) at IoU 0.7 (``choose_step_sizes``, which reads tune results only);
+5. val: one test pass over the val frames, each head at its chosen lambda, scored once.
 
-Writes ``--out`` (markdown: the table, the run's settings and the exact command) and
-``<work-dir>/results.json``.
+A test pass (``evaluate``, the same code for tune and val): each head is loaded with
+``mmdet3d.apis.init_model``; per batch the detector runs once (voxelisation +
+``EBMRefineDetector3D.detect(..., refine=False)``, timed), then each (head, lambda) variant refines
+copies of those boxes (``EBMRefineDetector3D.refine`` with ``refine_cfg.replace(step_sizes=lambda)``,
+timed); each variant is scored by KittiMetric on that split's info file, the detector's own boxes by
+``InitialPredictionMetric``. Car AP40 (moderate) is computed at IoU 0.7 (KittiMetric's 'strict'
+numbers) and 0.8 from the same KITTI-format results with mmdet3d's ``do_eval`` and a custom overlap
+array (mmdet3d's ``kitti_eval`` hard-codes 0.7 / 0.5).
 
-    nice -n 5 python tools/benchmarks/kitti_3d.py [--num-train 300 --num-val 100] \\
-        [--det-iters 300 --ebm-iters 200] [--step-sizes 2e-4 2e-3 2e-2] [--normalized]
+Writes ``--out`` (markdown: the val table, the tuning split's lambda sweep, the run's settings and
+the exact command) and ``<work-dir>/results.json`` (both passes, the chosen lambdas, training times).
 
-About 25-30 min with --normalized on 2 shared CPU cores (detector ~2.5-3 s per iteration of 2
-frames there, EBM ~1-1.5 s).
+    nice -n 5 python tools/benchmarks/kitti_3d.py [--num-train 350 --num-tune 50 --num-val 100] \\
+        [--det-iters 300 --ebm-iters 200] [--step-sizes 2e-4 2e-3 2e-2] [--head-updates 1] [--normalized]
+
+About 25-30 min with --normalized and K = 1 on 2 shared CPU cores (detector ~2.5-3 s per
+iteration of 2 frames there, EBM ~1-1.5 s; timed before the tuning split was added).
 
 All ``torch`` settings (threads) are left as they are, so detector and refinement times are
-measured under the same conditions. The step sizes are compared on the val set they are scored
-on (there is no separate tuning split): read the lambda sweep as a sensitivity study.
+measured under the same conditions. Lambda is never chosen on the val frames: they are scored
+once, with the lambda the tune frames chose.
 """
 import argparse
 import copy
@@ -71,34 +81,56 @@ INIT_STRICT_KEY = 'Kitti metric_init/pred_instances_3d/KITTI/Car_{}_AP40_moderat
 CROSS_CHECK_TOL = 1e-3  # our do_eval AP at STRICT_IOU against KittiMetric's (AP in %)
 CAR, MODERATE = 0, 1  # do_eval's class and difficulty indices
 INIT = 'init'  # the evaluator (and results folder) of the detector's own boxes
+# info files kitti_infos_<split>.pkl: the generator writes train and val; train = fit + tune
+TRAIN, FIT, TUNE, VAL = 'train', 'fit', 'tune', 'val'
+TRAIN_ANN, TEST_ANN = 'train_dataloader.dataset.ann_file', 'test_dataloader.dataset.ann_file'
+TUNE_KEY = f'BEV@{STRICT_IOU}'  # what lambda is chosen by, on the tune frames
+TRAIN_RECORD = 'train_record.json'  # beside a checkpoint: the settings it was trained with, and its time
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', default=osp.join(ROOT, 'data', 'kitti_gen'))
-    p.add_argument('--num-train', type=int, default=300)
+    p.add_argument('--num-train', type=int, default=350,
+                   help='generated training frames: the last --num-tune of them are held out to choose lambda')
+    p.add_argument('--num-tune', type=int, default=50,
+                   help='training frames held out to choose lambda (neither detector nor heads train on them)')
     p.add_argument('--num-val', type=int, default=100)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--det-iters', type=int, default=300, help='detector iterations (batch 2)')
     p.add_argument('--ebm-iters', type=int, default=200, help='EBM iterations (batch 2)')
     p.add_argument('--num-samples', type=int, default=128, help='NCE noise samples per GT box')
     p.add_argument('--step-sizes', type=float, nargs='+', default=[2e-4, 2e-3, 2e-2],
-                   help='lambda values to test (the first is the config\'s, 2e-4 as the paper)')
+                   help='candidate lambda values, compared on the tune frames (the first is the config\'s, 2e-4 as '
+                   'the paper; it wins ties)')
+    p.add_argument('--head-updates', type=int, default=1,
+                   help='K: optimiser steps of each EBM head per frozen-detector forward (model.head_updates)')
     p.add_argument('--num-steps', type=int, default=10)
     p.add_argument('--normalized', action='store_true', help='also train and test a normalized-space head')
     p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'kitti_3d_benchmark'))
     p.add_argument('--out', default=osp.join(ROOT, 'docs', 'figures', 'kitti_3d.md'))
     p.add_argument('--retrain', action='store_true', help='retrain even if checkpoints exist')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 < args.num_tune < args.num_train:
+        p.error(f'--num-tune must be at least 1 and leave training frames to fit: got {args.num_tune} of '
+                f'--num-train {args.num_train}')
+    if args.head_updates < 1:
+        p.error(f'--head-updates must be at least 1, got {args.head_updates}')
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
+def info_file(split: str) -> str:
+    """The info file of ``split`` (relative to the data root)."""
+    return f'kitti_infos_{split}.pkl'
+
+
 def frames_in_infos(root: str) -> Optional[List[int]]:
     """[train, val] frame counts of the info files under ``root``; None when one is missing."""
     import mmengine
-    infos = [osp.join(root, f'kitti_infos_{split}.pkl') for split in ('train', 'val')]
+    infos = [osp.join(root, info_file(split)) for split in (TRAIN, VAL)]
     if not all(osp.isfile(f) for f in infos):
         return None
     return [len(mmengine.load(f)['data_list']) for f in infos]
@@ -118,6 +150,26 @@ def ensure_data(root: str, num_train: int, num_val: int, seed: int) -> None:
     t = time.perf_counter()
     subprocess.run(generator_command(root, num_train, num_val, seed), check=True)
     print(f'data: generated {num_train} + {num_val} frames in {root} ({time.perf_counter() - t:.0f} s)')
+
+
+def split_train_infos(root: str, num_tune: int) -> Dict[str, str]:
+    """Split the generated ``kitti_infos_train.pkl`` under ``root`` into ``kitti_infos_fit.pkl`` (all
+    frames but the last ``num_tune``: what detector and heads train on) and ``kitti_infos_tune.pkl``
+    (the last ``num_tune``: held out to choose lambda). Both keep the train file's ``metainfo``
+    (and any other top-level key) and its frame entries unchanged, in order; being made from the
+    train file every time, a rerun writes the same two files. Returns their paths by split."""
+    import mmengine
+    infos = mmengine.load(osp.join(root, info_file(TRAIN)))
+    frames = infos['data_list']
+    if not 0 < num_tune < len(frames):
+        raise ValueError(f'--num-tune {num_tune} must leave frames both to fit and to tune: '
+                         f'{info_file(TRAIN)} has {len(frames)} frames')
+    paths = {}
+    for split, part in ((FIT, frames[:-num_tune]), (TUNE, frames[-num_tune:])):
+        paths[split] = osp.join(root, info_file(split))
+        mmengine.dump({**infos, 'data_list': part}, paths[split])
+    print(f'data: {len(frames) - num_tune} fit / {num_tune} tune frames of {info_file(TRAIN)}')
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,20 +203,59 @@ def shorten_schedule(cfg, max_iters: int) -> None:
     cfg.default_hooks.logger.interval = TRAIN_LOG_INTERVAL
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+    """A finished training run: its checkpoint, iterations and wall-clock seconds (``Runner.train``
+    as a whole, so its start-up too: model build, detector checkpoint, first batches)."""
+    checkpoint: str
+    iters: int
+    seconds: float
+
+    @property
+    def minutes(self) -> float:
+        return self.seconds / 60
+
+    @property
+    def seconds_per_iter(self) -> float:
+        return self.seconds / self.iters
+
+
+def training_settings(path: str, data_root: str, max_iters: int, options: Optional[dict]) -> dict:
+    """What a checkpoint depends on, as JSON would give it back: the config, the training info file
+    and its frame count, the iterations and the options."""
+    import mmengine
+    ann_file = (options or {}).get(TRAIN_ANN) or load_config(path, data_root).train_dataloader.dataset.ann_file
+    frames = len(mmengine.load(osp.join(data_root, ann_file))['data_list'])
+    settings = dict(config=osp.relpath(path, ROOT), data=osp.abspath(data_root), ann_file=ann_file, frames=frames,
+                    max_iters=max_iters, options=options or {})
+    return json.loads(json.dumps(settings))
+
+
 def train(path: str, data_root: str, work_dir: str, max_iters: int, retrain: bool,
-          options: Optional[dict] = None) -> str:
-    """Train the config at ``path`` (unless its checkpoint exists); returns the checkpoint's path."""
+          options: Optional[dict] = None) -> TrainRun:
+    """Train the config at ``path`` unless ``work_dir`` holds its checkpoint trained with the same
+    settings (``TRAIN_RECORD``); a checkpoint of other settings, or without a record, is retrained."""
     from mmengine.runner import Runner
     ckpt = osp.join(work_dir, f'iter_{max_iters}.pth')
-    if osp.isfile(ckpt) and not retrain:
-        print(f'train: reusing {ckpt}')
-        return ckpt
+    record_path = osp.join(work_dir, TRAIN_RECORD)
+    settings = training_settings(path, data_root, max_iters, options)
+    if osp.isfile(ckpt) and osp.isfile(record_path) and not retrain:
+        with open(record_path) as f:
+            record = json.load(f)
+        if record['settings'] == settings:
+            print(f'train: reusing {ckpt} ({record["seconds"] / 60:.1f} min when trained)')
+            return TrainRun(ckpt, max_iters, record['seconds'])
+        print(f'train: {ckpt} was trained with other settings ({record_path}); retraining')
     cfg = load_config(path, data_root, work_dir, options)
     shorten_schedule(cfg, max_iters)
     t = time.perf_counter()
     Runner.from_cfg(cfg).train()
-    print(f'train: {osp.basename(path)} {max_iters} iterations in {(time.perf_counter() - t) / 60:.1f} min')
-    return ckpt
+    run = TrainRun(ckpt, max_iters, time.perf_counter() - t)
+    os.makedirs(work_dir, exist_ok=True)
+    with open(record_path, 'w') as f:
+        json.dump(dict(settings=settings, seconds=run.seconds), f, indent=1)
+    print(f'train: {osp.basename(path)} {max_iters} iterations in {run.minutes:.1f} min')
+    return run
 
 
 def head_options(num_samples: int, normalized: bool) -> Dict[str, dict]:
@@ -179,10 +270,13 @@ def head_options(num_samples: int, normalized: bool) -> Dict[str, dict]:
     return heads
 
 
-def train_heads(heads: Dict[str, dict], det_ckpt: str, args: argparse.Namespace) -> Dict[str, str]:
-    """Train every EBM head on the frozen detector of ``det_ckpt``; returns checkpoints by head."""
-    return {name: train(EBM_CONFIG, args.data, osp.join(args.work_dir, f'ebm_{name}'), args.ebm_iters, args.retrain,
-                        {'model.detector_checkpoint': det_ckpt, **options})
+def train_heads(heads: Dict[str, dict], det_ckpt: str, args: argparse.Namespace) -> Dict[str, TrainRun]:
+    """Train every EBM head on the fit frames, on the frozen detector of ``det_ckpt``, with
+    ``args.head_updates`` optimiser steps per detector forward; returns the runs by head."""
+    suffix = '' if args.head_updates == 1 else f'_k{args.head_updates}'
+    return {name: train(EBM_CONFIG, args.data, osp.join(args.work_dir, f'ebm_{name}{suffix}'), args.ebm_iters,
+                        args.retrain, {'model.detector_checkpoint': det_ckpt, 'model.head_updates': args.head_updates,
+                                       TRAIN_ANN: info_file(FIT), **options})
             for name, options in heads.items()}
 
 
@@ -191,7 +285,7 @@ def train_heads(heads: Dict[str, dict], det_ckpt: str, args: argparse.Namespace)
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One refinement setting scored on the val set: an EBM head and its step size lambda."""
+    """One refinement setting of a test pass: an EBM head and its step size lambda."""
     head: str
     step_size: float
 
@@ -208,7 +302,7 @@ class Variant:
 
 @dataclasses.dataclass
 class TestPass:
-    """What one pass over the val set measured: seconds in the detector and per variant in
+    """What one pass over a split measured: seconds in the detector and per variant in
     refinement, boxes the detector kept, and each frame's ``sample_idx`` in loader order."""
     det_seconds: float = 0.0
     refine_seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -324,38 +418,68 @@ def check_strict_ap(ap: Dict[str, float], init_metrics: Dict[str, float]) -> Non
 
 def table_rows(ann_file: str, work_dir: str, variants: Sequence[Variant], stats: TestPass, metrics: dict,
                num_frames: int) -> List[dict]:
-    """The detector's row, then one per variant: AP at each IoU, refinement ms / frame and its
-    ratio to the detector's time."""
+    """The detector's row (``head`` None), then one per variant (its ``head`` and ``step_size``): AP
+    at each IoU, refinement ms / frame and its ratio to the detector's time."""
     init = variant_ap(ann_file, work_dir, INIT, stats.sample_idx)
     check_strict_ap(init, metrics[INIT])
-    rows = [dict(name='detector (before)', **init, ref_ms=0.0)]
+    rows = [dict(name='detector (before)', head=None, step_size=None, **init, ref_ms=0.0)]
     for v in variants:
         seconds = stats.refine_seconds[v.name]
-        rows.append(dict(name=v.label, **variant_ap(ann_file, work_dir, v.name, stats.sample_idx),
+        rows.append(dict(name=v.label, head=v.head, step_size=v.step_size,
+                         **variant_ap(ann_file, work_dir, v.name, stats.sample_idx),
                          ref_ms=1e3 * seconds / num_frames, ratio=seconds / stats.det_seconds))
     return rows
 
 
-def evaluate(ckpts: Dict[str, str], heads: Dict[str, dict], data_root: str, work_dir: str,
-             step_sizes: List[float], num_steps: int) -> dict:
-    """One pass over the val set: detector once per batch, then every head x lambda variant."""
+def evaluate(models: Dict[str, torch.nn.Module], variants: Sequence[Variant], data_root: str, split: str,
+             work_dir: str, num_steps: int) -> dict:
+    """One pass over the frames of ``split`` (``kitti_infos_<split>.pkl``, as test loader and
+    KittiMetric's ``ann_file``): detector once per batch, then every variant (a head of ``models``
+    and its lambda). Results go to ``<work_dir>/<split>/``; returns the split, the table rows and
+    the pass's settings and times."""
     from mmengine.runner import Runner
     from ebm_det.evaluation import select_kitti_iou_backend
     select_kitti_iou_backend()  # KittiMetric's BEV / 3D IoU on the CPU where CUDA is absent
-    ann_file = osp.join(data_root, 'kitti_infos_val.pkl')
-    models = load_models(ckpts, heads, data_root)
-    variants = [Variant(head, lam) for head in models for lam in step_sizes]
+    ann_file = osp.join(data_root, info_file(split))
+    out_dir = osp.join(work_dir, split)
     cfgs = {v: models[v.head].refine_cfg.replace(step_sizes=v.step_size, num_steps=num_steps) for v in variants}
-    loader = Runner.build_dataloader(load_config(EBM_CONFIG, data_root).test_dataloader)
-    evaluators = build_evaluators(variants, ann_file, work_dir, loader.dataset.metainfo)
+    loader = Runner.build_dataloader(
+        load_config(EBM_CONFIG, data_root, options={TEST_ANN: info_file(split)}).test_dataloader)
+    evaluators = build_evaluators(variants, ann_file, out_dir, loader.dataset.metainfo)
+    print(f'test: {split}, {len(loader.dataset)} frames, {len(variants)} variants', flush=True)
     stats = run_test_pass(models, cfgs, loader, evaluators)
     n = len(loader.dataset)
     metrics = {k: e.evaluate(n) for k, e in evaluators.items()}
-    return dict(rows=table_rows(ann_file, work_dir, variants, stats, metrics, n), det_ms=1e3 * stats.det_seconds / n,
-                frames=n, boxes_per_frame=stats.num_boxes / n, batch_size=loader.batch_size,
-                decay=next(iter(cfgs.values())).decay,
+    return dict(split=split, rows=table_rows(ann_file, out_dir, variants, stats, metrics, n),
+                det_ms=1e3 * stats.det_seconds / n, frames=n, boxes_per_frame=stats.num_boxes / n,
+                batch_size=loader.batch_size, decay=next(iter(cfgs.values())).decay,
                 metrics={k: {kk: vv for kk, vv in m.items() if 'AP40_moderate_strict' in kk}
                          for k, m in metrics.items()})
+
+
+def choose_step_sizes(tune: dict, key: str = TUNE_KEY) -> Dict[str, float]:
+    """Per head, the lambda of its best row by ``key`` in a pass over the tune frames (``evaluate``
+    with ``split=TUNE``); a tie goes to the lambda listed first. Any other split is a ValueError:
+    the val frames are scored with the choice, never used to make it."""
+    if tune.get('split') != TUNE:
+        raise ValueError(f'lambda is chosen on the {TUNE!r} split only, got results of {tune.get("split")!r}')
+    best: Dict[str, dict] = {}
+    for row in tune['rows']:
+        head = row['head']
+        if head is not None and (head not in best or row[key] > best[head][key]):
+            best[head] = row
+    return {head: row['step_size'] for head, row in best.items()}
+
+
+def tune_and_validate(models: Dict[str, torch.nn.Module], step_sizes: Sequence[float], data_root: str,
+                      work_dir: str, num_steps: int) -> dict:
+    """Every head x candidate lambda on the tune frames, the choice per head, then one val pass with
+    each head at its chosen lambda: ``{'tune': ..., 'chosen': {head: lambda}, 'val': ...}``."""
+    tune = evaluate(models, [Variant(h, lam) for h in models for lam in step_sizes], data_root, TUNE, work_dir,
+                    num_steps)
+    chosen = choose_step_sizes(tune)
+    val = evaluate(models, [Variant(h, chosen[h]) for h in models], data_root, VAL, work_dir, num_steps)
+    return dict(tune=tune, chosen=chosen, val=val)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,52 +488,88 @@ def evaluate(ckpts: Dict[str, str], heads: Dict[str, dict], data_root: str, work
 TABLE_KEYS = tuple(f'{kind}@{iou}' for iou in AP_IOUS for kind in ('BEV', '3D'))
 
 
-def table(rows: List[dict]) -> List[str]:
-    """Markdown table lines: AP (and its change from the first row) and refinement time."""
+def training_summary(run: TrainRun) -> dict:
+    """A training run as the report and results.json give it."""
+    return dict(iters=run.iters, minutes=run.minutes, seconds_per_iter=run.seconds_per_iter)
+
+
+def table(rows: List[dict], training: Optional[Dict[str, dict]] = None) -> List[str]:
+    """Markdown table lines: AP (and its change from the first row) and refinement time; with
+    ``training`` (``training_summary`` by head) also each head's training minutes and s / iteration."""
     header = ' | '.join(f'{kind} @{iou}' for iou in AP_IOUS for kind in ('BEV', '3D'))
-    lines = [f'| boxes | {header} | refine ms / frame | refine / detector time |', '|' + '---|' * (len(TABLE_KEYS) + 3)]
+    header += ' | refine ms / frame | refine / detector time'
+    if training is not None:
+        header += ' | EBM training min | s / iteration'
+    num_cols = len(TABLE_KEYS) + 3 + (2 if training is not None else 0)
+    lines = [f'| boxes | {header} |', '|' + '---|' * num_cols]
     base = rows[0]
     for r in rows:
         cells = [f'{r[k]:.2f}' + ('' if r is base else f' ({r[k] - base[k]:+.2f})') for k in TABLE_KEYS]
-        timing = ['-', '-'] if r is base else [f'{r["ref_ms"]:.0f}', f'{r["ratio"]:.2f}']
-        lines.append(f'| {r["name"]} | ' + ' | '.join(cells + timing) + ' |')
+        cells += ['-', '-'] if r is base else [f'{r["ref_ms"]:.0f}', f'{r["ratio"]:.2f}']
+        if training is not None:
+            run = training.get(r['head']) if r['head'] is not None else None
+            cells += ['-', '-'] if run is None else [f'{run["minutes"]:.1f}', f'{run["seconds_per_iter"]:.2f}']
+        lines.append(f'| {r["name"]} | ' + ' | '.join(cells) + ' |')
     return lines
 
 
 def describe_setup(res: dict, args: argparse.Namespace) -> str:
-    """The paragraph above the table: data, detector, heads, refinement."""
+    """The paragraph above the tables: data and its splits, detector, heads, refinement."""
+    val, det = res['val'], res['training']['detector']
     heads = 'absolute space (metres / radians, the paper\'s sigmas)'
     if args.normalized:
         heads += (' and, separately trained, normalized space (centre over the box diagonal, log sizes; sigmas '
                   'centre 0.01 / 0.02 / 0.04, log-size 0.01 / 0.02 / 0.04, yaw as the paper)')
-    return (f'Car AP40 (moderate) on {res["frames"]} val frames of `tools/data/generate_kitti_scenes.py` '
-            f'({args.num_train} train frames, seed {args.seed}). Detector: the small PointPillars of '
-            f'`configs/pointpillars_kitti-gen_car.py`, trained from scratch for {args.det_iters} iterations of 2 '
-            f'frames. EBM: `configs/pointpillars_ebm-nce_kitti-gen_car.py`, an NCE-trained ({args.num_samples} '
-            f'noise samples) `EBMBoxHead3D` on the frozen detector, {args.ebm_iters} iterations of 2 frames, in '
-            f'{heads}. Refinement: T = {args.num_steps} gradient-ascent steps, decay {res["decay"]:g} (a step that '
-            f'lowers f is reverted and its lambda halved), on all {res["boxes_per_frame"]:.1f} boxes per frame the '
-            'detector keeps (its score_thr 0.1, NMS).')
+    k = args.head_updates
+    return (f'Car AP40 (moderate) on {val["frames"]} val frames of `tools/data/generate_kitti_scenes.py` (seed '
+            f'{args.seed}). Detector and EBM heads train on the first {args.num_train - args.num_tune} of its '
+            f'{args.num_train} training frames; the other {args.num_tune} are the tuning split, on which each head\'s '
+            f'step size lambda is chosen. Detector: the small PointPillars of `configs/pointpillars_kitti-gen_car.py`, '
+            f'trained from scratch for {args.det_iters} iterations of 2 frames ({det["minutes"]:.1f} min). EBM: '
+            f'`configs/pointpillars_ebm-nce_kitti-gen_car.py`, an NCE-trained ({args.num_samples} noise samples) '
+            f'`EBMBoxHead3D` on the frozen detector, {args.ebm_iters} iterations of 2 frames with K = {k} optimiser '
+            f'step{"s" if k > 1 else ""} of the head per frozen-detector forward (`model.head_updates={k}`: '
+            f'{args.ebm_iters * k} steps in all), in {heads}. Refinement: T = {args.num_steps} gradient-ascent steps, '
+            f'decay {val["decay"]:g} (a step that lowers f is reverted and its lambda halved), on all '
+            f'{val["boxes_per_frame"]:.1f} boxes per val frame the detector keeps (its score_thr 0.1, NMS).')
+
+
+def describe_choice(res: dict, args: argparse.Namespace) -> str:
+    """The line above the tuning split's table: the candidates and what each head chose."""
+    chosen = ', '.join(f'{head} lambda={lam:g}' for head, lam in res['chosen'].items())
+    candidates = ' / '.join(f'{lam:g}' for lam in args.step_sizes)
+    return (f'Candidates {candidates}, compared by Car BEV AP40 (moderate) @{STRICT_IOU} on these '
+            f'{res["tune"]["frames"]} training frames, which neither detector nor heads trained on (a tie goes to '
+            f'the candidate listed first). Chosen: {chosen}.')
 
 
 def describe_method(res: dict, args: argparse.Namespace) -> List[str]:
-    """The paragraphs below the table: how times and APs were measured."""
+    """The paragraphs below the tables: how times and APs were measured."""
+    val = res['val']
     return [
-        f'Detector inference (voxelisation + `predict`, batches of {res["batch_size"]} frames): '
-        f'{res["det_ms"]:.0f} ms / frame. Refinement time is `EBMRefineDetector3D.refine` (all boxes of a batch in '
-        f'one call, {args.num_steps + 1} score + gradient evaluations), timed in the same pass with the same torch '
-        'threads. Both are wall-clock times on 2 CPU cores shared with other jobs, so the ratio is the '
-        'meaningful number; refinement is many small ops, which suffer most from the sharing.', '',
+        f'Detector inference (voxelisation + `predict`, batches of {val["batch_size"]} frames): '
+        f'{val["det_ms"]:.0f} ms / frame on the val frames. Refinement time is `EBMRefineDetector3D.refine` (all '
+        f'boxes of a batch in one call, {args.num_steps + 1} score + gradient evaluations), timed in the same pass '
+        'with the same torch threads. Both are wall-clock times on 2 CPU cores shared with other jobs, so the ratio '
+        'is the meaningful number; refinement is many small ops, which suffer most from the sharing.', '',
+        'EBM training min is the wall-clock time of the head\'s `Runner.train` (start-up included), s / iteration '
+        f'that time over its {args.ebm_iters} iterations (a batch of 2 frames: one frozen-detector forward and '
+        f'K = {args.head_updates} head update{"s" if args.head_updates > 1 else ""}), on the same shared cores.', '',
         'The IoU 0.7 numbers are KittiMetric\'s `Car_{BEV,3D}_AP40_moderate_strict` (checked equal); IoU 0.8 '
         'comes from the same KITTI-format results through mmdet3d\'s `kitti_utils.eval.do_eval` with a 0.8 '
-        'overlap array (its `kitti_eval` hard-codes 0.7 / 0.5). The lambda values are compared on the val '
-        'frames they are scored on (there is no separate tuning split); 2e-4 is the paper\'s.',
+        'overlap array (its `kitti_eval` hard-codes 0.7 / 0.5). Lambda is chosen per head on the tuning split '
+        '(held-out training frames) and the val frames are scored once, at that lambda; 2e-4 is the paper\'s.',
     ]
 
 
 def markdown(res: dict, args: argparse.Namespace, command: str, minutes: float) -> str:
-    lines = ['# EBM refinement on generated KITTI-format LiDAR scenes (CPU)', '', describe_setup(res, args), '']
-    lines += table(res['rows'])
+    lines = ['# EBM refinement on generated KITTI-format LiDAR scenes (CPU)', '', describe_setup(res, args), '',
+             f'## Val ({res["val"]["frames"]} frames, scored once): each head at the lambda the tuning split chose',
+             '']
+    lines += table(res['val']['rows'], res['training']['heads'])
+    lines += ['', f'## Tuning split ({res["tune"]["frames"]} held-out training frames, not val): the lambda sweep', '',
+              describe_choice(res, args), '']
+    lines += table(res['tune']['rows'])
     lines += ['', *describe_method(res, args), '', f'Total wall time of the run: {minutes:.1f} min.', '',
               'Command:', '', '```', command, '```', '']
     return '\n'.join(lines)
@@ -436,10 +596,16 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     os.makedirs(args.work_dir, exist_ok=True)
     ensure_data(args.data, args.num_train, args.num_val, args.seed)
-    det_ckpt = train(DET_CONFIG, args.data, osp.join(args.work_dir, 'det'), args.det_iters, args.retrain)
+    split_train_infos(args.data, args.num_tune)
+    det = train(DET_CONFIG, args.data, osp.join(args.work_dir, 'det'), args.det_iters, args.retrain,
+                {TRAIN_ANN: info_file(FIT)})
     heads = head_options(args.num_samples, args.normalized)
-    ckpts = train_heads(heads, det_ckpt, args)
-    res = evaluate(ckpts, heads, args.data, osp.join(args.work_dir, 'test'), args.step_sizes, args.num_steps)
+    runs = train_heads(heads, det.checkpoint, args)
+    models = load_models({name: run.checkpoint for name, run in runs.items()}, heads, args.data)
+    res = tune_and_validate(models, args.step_sizes, args.data, osp.join(args.work_dir, 'test'), args.num_steps)
+    res['training'] = dict(detector=training_summary(det),
+                           heads={name: training_summary(run) for name, run in runs.items()})
+    res['settings'] = vars(args)
     md = markdown(res, args, command_line(argv), (time.perf_counter() - t_start) / 60)
     print('\n' + md)
     write_outputs(res, md, args.work_dir, args.out)
