@@ -1,7 +1,10 @@
 # Dataset settings for the generated KITTI-format LiDAR scenes (tools/data/generate_kitti_scenes.py),
 # Car only, for CPU-scale runs:
 #
-#     python tools/data/generate_kitti_scenes.py --out data/kitti_gen --num-train 300 --num-val 100
+#     python tools/data/generate_kitti_scenes.py --out data/kitti_gen --num-train 350 --num-val 100
+#
+# (tools/benchmarks/kitti_3d.py generates these and holds the last 50 training frames out to choose
+# the step size: kitti_infos_fit.pkl / kitti_infos_tune.pkl)
 #
 # The generator writes file names only into its info files, hence the data_prefix below. There
 # are no kitti_dbinfos (no GT sampling / ObjectSample); augmentation is light: a BEV flip, a
