@@ -1,7 +1,8 @@
 """Test-time speed levers of refinement, each measured for AP and time in one run, on the 2D
 benchmark's trained detector and EBM head (``tools/benchmarks/shapes_2d.py`` must have run).
 
-    python tools/benchmarks/refine_levers.py [--levers float32 bf16 tol_1e-4 tol_1e-3 bf16+tol_1e-3]
+    python tools/benchmarks/refine_levers.py [--levers float32 bf16 tol_1e-4 tol_1e-3 bf16+tol_1e-3 T=7 T=5
+        bf16+T=7 bf16+T=5]
         [--work work_dirs/bench_2d] [--data data/shapes_bench] [--out docs/figures/refine_levers.md]
 
 Per lever: one tools/test.py pass over the 150 val images (COCO AP before/after, matched mean IoU)
@@ -20,6 +21,10 @@ LEVERS = {
     'tol_1e-4': ['model.test_cfg.tol=1e-4'],
     'tol_1e-3': ['model.test_cfg.tol=1e-3'],
     'bf16+tol_1e-3': ['model.test_cfg.autocast=bfloat16', 'model.test_cfg.tol=1e-3'],
+    'T=7': ['model.test_cfg.num_steps=7'],
+    'T=5': ['model.test_cfg.num_steps=5'],
+    'bf16+T=7': ['model.test_cfg.autocast=bfloat16', 'model.test_cfg.num_steps=7'],
+    'bf16+T=5': ['model.test_cfg.autocast=bfloat16', 'model.test_cfg.num_steps=5'],
 }
 
 

@@ -1,6 +1,7 @@
 """Refinement cost against the detector, against its own floor, training overhead and memory.
 
     python tools/benchmarks/refine_speed.py [--device cpu|cuda] [--repeats 3] [--out docs/figures/refine_speed.md]
+        [--autocast none bfloat16] [--num-steps 10 5] [--fc-channels 1024] [--skip pointpillars train memory]
 
 1. refine vs detector: Faster R-CNN R50-FPN and RetinaNet R50-FPN (random weights) at 800x1333,
    100 boxes per image, T = 10, batch 1 and 2: detector inference time, refinement time, ratio;
@@ -105,8 +106,9 @@ def _row(detector: str, batch: int, n: int, steps: int, t_det: float, t_ref: flo
 
 
 def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_img: int = BOXES_PER_IMAGE,
-                             steps: int = STEPS, autocasts=(None, ), fc_channels: int = 1024):
-    """Rows per batch size and per ``RefineConfig.autocast`` setting (the detector timed once)."""
+                             steps=(STEPS, ), autocasts=(None, ), fc_channels: int = 1024):
+    """Rows per batch size, per number of steps T in ``steps`` and per ``RefineConfig.autocast``
+    setting (the detector timed once per batch size)."""
     wrapper = build_detector(config, device, cfg_options={'model.ebm_head.fc_channels': fc_channels})
     head = wrapper.ebm_head
     rows = []
@@ -117,8 +119,8 @@ def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_i
             _, feats = wrapper.detect(inputs, samples, refine=False)
         boxes, bidx, labels = random_boxes(batch, boxes_per_img, inputs.shape[2], inputs.shape[3], device)
         shapes = torch.tensor([[inputs.shape[2], inputs.shape[3]]] * batch, device=device)
-        for autocast in autocasts:
-            cfg = RefineConfig(num_steps=steps, autocast=autocast)
+        for num_steps, autocast in [(t, a) for t in steps for a in autocasts]:
+            cfg = RefineConfig(num_steps=num_steps, autocast=autocast)
             amp = torch.autocast(device, dtype=getattr(torch, autocast or 'float32'), enabled=autocast is not None)
             with torch.no_grad():
                 t_ref = timed(lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg, img_shapes=shapes), repeats,
@@ -128,8 +130,8 @@ def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_i
                 with amp:
                     t_fwd = timed(lambda: head.score(fmaps, boxes, bidx, labels, levels=levels), repeats, device)
             name = config.split('_ebm')[0] + (f', fc {fc_channels}' if fc_channels != 1024 else '') + \
-                (f', autocast {autocast}' if autocast else '')
-            rows.append(_row(name, batch, len(boxes), steps, t_det, t_ref, t_fwd))
+                (f', T={num_steps}' if num_steps != STEPS else '') + (f', autocast {autocast}' if autocast else '')
+            rows.append(_row(name, batch, len(boxes), num_steps, t_det, t_ref, t_fwd))
     return rows
 
 
@@ -283,6 +285,8 @@ def main() -> None:
                         help='RefineConfig.autocast settings to time for the 2D detectors (each beside the same '
                         'detector time)')
     parser.add_argument('--fc-channels', type=int, default=1024, help="the 2D EBM head's fc width")
+    parser.add_argument('--num-steps', type=int, nargs='+', default=[STEPS],
+                        help='refinement steps T to time for the 2D detectors (each with every --autocast)')
     parser.add_argument('--memory-child', nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -291,7 +295,7 @@ def main() -> None:
     if 'refine' not in args.skip:
         for cfg in ('faster-rcnn_r50_fpn_ebm-nceplus_1x_coco.py', 'retinanet_r50_fpn_ebm-nceplus_1x_coco.py'):
             res['refine'] += bench_refine_vs_detector(cfg, args.device, args.repeats, autocasts=[
-                None if a == 'none' else a for a in args.autocast], fc_channels=args.fc_channels)
+                None if a == 'none' else a for a in args.autocast], fc_channels=args.fc_channels, steps=args.num_steps)
     if 'pointpillars' not in args.skip:
         res['refine'] += bench_refine_vs_pointpillars(args.device, args.repeats)
     if 'train' not in args.skip:
