@@ -5,7 +5,8 @@
 # COCO AP of the detector's boxes and of the refined boxes side by side.
 # About 11 minutes on 2 CPU cores (10 min 48 s measured). Longer runs: DET_ITERS=... EBM_ITERS=... NUM_TRAIN=...
 # Both trainings are seeded (SEED, default 0; mmengine's randomness.seed), so a rerun on the same
-# kind of machine repeats the figures; SEED=<n> draws another run.
+# kind of machine repeats the figures; SEED=<n> WORK=<a new dir> draws another run (a step whose
+# output exists is skipped, whatever the seed).
 # EBM variants: EBM_DIR=<name under WORK> EBM_OPTS="model.ebm_head.reduced_channels=16" (applied
 # to the EBM's training and test); DET_CFG / EBM_CFG: other configs (the Cascade R-CNN pair);
 # RUN_TEST=0 stops after training, EBM_ITERS=0 after the detector.
@@ -27,6 +28,9 @@ DET_CFG=${DET_CFG:-configs/faster-rcnn_r18_fpn_shapes.py}
 EBM_CFG=${EBM_CFG:-configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py}
 # training skips validation (mmengine's iteration loop validates at the last iteration otherwise):
 # the test step below evaluates once, the detector's and the refined boxes together
+case "$SEED" in
+  ''|*[!0-9]*) echo "[demo] SEED must be a non-negative integer, got '$SEED'" >&2; exit 2 ;;
+esac
 no_val="val_cfg=None val_dataloader=None val_evaluator=None"
 train_data="train_dataloader.dataset.data_root=$DATA/ randomness.seed=$SEED"
 
@@ -41,6 +45,8 @@ if [ ! -f "$WORK/det/last_checkpoint" ]; then
     train_cfg.max_iters=$DET_ITERS \
     $no_val default_hooks.checkpoint.interval=$DET_ITERS \
     "param_scheduler.1.end=$DET_ITERS" "param_scheduler.1.milestones=[$((DET_ITERS * 3 / 4)),$((DET_ITERS * 9 / 10))]"
+else
+  echo "[demo] detector: reusing $(cat "$WORK/det/last_checkpoint") (delete $WORK/det to train again)"
 fi
 DET_CKPT=$(cat "$WORK/det/last_checkpoint")
 [ "$EBM_ITERS" -gt 0 ] || exit 0
@@ -51,6 +57,8 @@ if [ ! -f "$WORK/$EBM_DIR/last_checkpoint" ]; then
     train_cfg.max_iters=$EBM_ITERS $no_val default_hooks.checkpoint.interval=$EBM_ITERS \
     "param_scheduler.0.end=$EBM_ITERS" "param_scheduler.0.milestones=[$((EBM_ITERS * 2 / 3)),$((EBM_ITERS * 5 / 6))]" \
     $EBM_OPTS
+else
+  echo "[demo] EBM head: reusing $(cat "$WORK/$EBM_DIR/last_checkpoint") (delete $WORK/$EBM_DIR to train again)"
 fi
 [ "$RUN_TEST" = 1 ] || exit 0
 EBM_CKPT=$(cat "$WORK/$EBM_DIR/last_checkpoint")
