@@ -97,3 +97,24 @@ def run_config(cfg_path, work_dir, checkpoint=None, test=False, **options):
         cfg.load_from = str(checkpoint)
     runner = Runner.from_cfg(cfg)
     return runner.test() if test else runner.train()
+
+
+def count_forwards_and_steps(model, optim, check_inputs=None) -> dict:
+    """Wrap ``model.detector.extract_feat`` and ``optim.step`` to count their calls (in the returned
+    dict, keys 'extract' and 'steps'); ``check_inputs(batch_inputs)`` runs on each extract call.
+    For the head-updates tests (2D and 3D): K optimiser steps on one frozen-detector forward."""
+    calls = dict(extract=0, steps=0)
+    extract, step = model.detector.extract_feat, optim.step
+
+    def counted_extract(batch_inputs):
+        calls['extract'] += 1
+        if check_inputs is not None:
+            check_inputs(batch_inputs)
+        return extract(batch_inputs)
+
+    def counted_step(*args, **kwargs):
+        calls['steps'] += 1
+        return step(*args, **kwargs)
+
+    model.detector.extract_feat, optim.step = counted_extract, counted_step
+    return calls

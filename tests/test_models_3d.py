@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, load_tool, run_config
+from conftest import ROOT, count_forwards_and_steps, load_tool, run_config
 
 pytest.importorskip('mmdet3d')
 import ebm_det  # noqa: E402,F401
@@ -329,23 +329,12 @@ def test_head_updates_take_k_steps_on_one_detector_forward_3d():
     model = _build_3d(_ebm_cfg_3d(head_updates=3).model)
     model.init_weights()
     model.train()
-    calls = dict(extract=0, steps=0)
-    extract = model.detector.extract_feat
-
-    def counted_extract(batch_inputs):
-        calls['extract'] += 1
-        assert isinstance(batch_inputs, dict) and 'voxels' in batch_inputs  # the preprocessor's 3D output
-        return extract(batch_inputs)
-
-    model.detector.extract_feat = counted_extract
     optim = OptimWrapper(torch.optim.SGD(model.ebm_head.parameters(), lr=0.1))
-    step = optim.step
 
-    def counted_step(*a, **k):
-        calls['steps'] += 1
-        return step(*a, **k)
+    def check_inputs(batch_inputs):  # the 3D preprocessor's output: a dict with the voxels
+        assert isinstance(batch_inputs, dict) and 'voxels' in batch_inputs
 
-    optim.step = counted_step
+    calls = count_forwards_and_steps(model, optim, check_inputs)
     g = torch.Generator().manual_seed(0)
     points = [torch.rand(2000, 4, generator=g) * torch.tensor([40.0, 40.0, 3.0, 1.0]) +
               torch.tensor([0.0, -20.0, -2.5, 0.0]) for _ in range(2)]

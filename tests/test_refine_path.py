@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import QuadraticHead
+from conftest import QuadraticHead, count_forwards_and_steps
 from ebm_det.core import (Box2DCodec, LiDARBoxCodec, RefineConfig, RefineResult, build_loss, refine_boxes,
                           refine_by_gradient_ascent)
 
@@ -347,22 +347,8 @@ def test_head_updates_take_k_steps_on_one_detector_forward():
     model = _build(cfg.model)
     model.init_weights()
     model.train()
-    calls = dict(extract=0, steps=0)
-    extract = model.detector.extract_feat
-
-    def counted_extract(x):
-        calls['extract'] += 1
-        return extract(x)
-
-    model.detector.extract_feat = counted_extract
     optim = OptimWrapper(torch.optim.SGD(model.ebm_head.parameters(), lr=0.1))
-    step = optim.step
-
-    def counted_step(*a, **k):
-        calls['steps'] += 1
-        return step(*a, **k)
-
-    optim.step = counted_step
+    calls = count_forwards_and_steps(model, optim)
     sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), scale_factor=(1., 1.)))
     sample.gt_instances = InstanceData(bboxes=torch.tensor([[5., 6., 40., 50.]]), labels=torch.tensor([2]))
     before = model.ebm_head.fc_score.weight.detach().clone()
