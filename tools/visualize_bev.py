@@ -161,7 +161,7 @@ def main(argv=None) -> str:
                  f'{args.score_thr:g}')
     fig.tight_layout()
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=DPI)
+    fig.savefig(args.out, dpi=DPI, bbox_inches='tight')  # tight_layout alone clipped the x-axis label
     print(f'wrote {args.out}')
     return args.out
 
