@@ -3,7 +3,7 @@
 # DIFFICULTY=hard for the benchmark's) -> train a small Faster R-CNN from scratch -> train an NCE+
 # EBM head on the frozen detector -> draw the first val image before/after -> test once, printing
 # COCO AP of the detector's boxes and of the refined boxes side by side.
-# About 11 minutes on 2 CPU cores (10 min 48 s measured). Longer runs: DET_ITERS=... EBM_ITERS=... NUM_TRAIN=...
+# About 11 minutes on 2 CPU cores (10 min 28 s measured, 11 min 0 s by `make demo` in a fresh clone). Longer runs: DET_ITERS=... EBM_ITERS=... NUM_TRAIN=...
 # Both trainings are seeded (SEED, default 0; mmengine's randomness.seed), so a rerun on the same
 # kind of machine repeats the figures; SEED=<n> WORK=<a new dir> draws another run (a step whose
 # output exists is skipped, whatever the seed).
@@ -26,11 +26,11 @@ EBM_OPTS=${EBM_OPTS:-}
 RUN_TEST=${RUN_TEST:-1}
 DET_CFG=${DET_CFG:-configs/faster-rcnn_r18_fpn_shapes.py}
 EBM_CFG=${EBM_CFG:-configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py}
-# training skips validation (mmengine's iteration loop validates at the last iteration otherwise):
-# the test step below evaluates once, the detector's and the refined boxes together
 case "$SEED" in
   ''|*[!0-9]*) echo "[demo] SEED must be a non-negative integer, got '$SEED'" >&2; exit 2 ;;
 esac
+# training skips validation (mmengine's iteration loop validates at the last iteration otherwise):
+# the test step below evaluates once, the detector's and the refined boxes together
 no_val="val_cfg=None val_dataloader=None val_evaluator=None"
 train_data="train_dataloader.dataset.data_root=$DATA/ randomness.seed=$SEED"
 

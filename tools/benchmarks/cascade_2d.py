@@ -75,9 +75,9 @@ def seconds_per_iteration(work_dir: Path, skip: int = 20) -> float:
 
 
 def demo(env: dict, **overrides) -> None:
-    """tools/demo.sh (training only) with ``env`` and ``overrides`` (its variables)."""
+    """tools/demo.sh with ``env`` (``demo_env``'s: training only) and ``overrides`` (its variables)."""
     subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT,
-                   env=dict(env, RUN_TEST='0', **{k: str(v) for k, v in overrides.items()}))
+                   env=dict(env, **{k: str(v) for k, v in overrides.items()}))
 
 
 def time_detector(work: Path, data: str, config: str) -> float:

@@ -192,7 +192,7 @@ def head_variant_rows(work: Path, data: str, label: str, ebm_dir: str, option: s
     tools/demo.sh on the same frozen detector with the same budget, then tested with the first
     variants."""
     subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT,
-                   env=dict(env, EBM_DIR=ebm_dir, EBM_OPTS=option, RUN_TEST='0'))
+                   env=dict(env, EBM_DIR=ebm_dir, EBM_OPTS=option))  # env: demo_env, training only
     return [ap_row(f'refined, {label}: {name}', run_test(work, data, [option, *options], ebm_dir))
             for name, options in list(VARIANTS.items())[:REDUCED_VARIANTS]]
 
