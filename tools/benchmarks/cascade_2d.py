@@ -8,7 +8,7 @@ benchmark's data and backbone (the half-width R18-FPN of the shapes configs):
 * Cascade R-CNN + EBM: a Cascade R-CNN trained for the Faster R-CNN's time, frozen, then the same
   NCE+ head (``configs/cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py``) with the same iterations.
 
-    python tools/benchmarks/cascade_2d.py [--work work_dirs/bench_2d] [--data data/shapes_bench]
+    python tools/benchmarks/cascade_2d.py [--work work_dirs/bench_2d_v2] [--data data/shapes_bench]
         [--out docs/figures/cascade_2d.md]
 
 Training time is the sum of mmengine's logged iteration times (``vis_data/scalars.json``: ``time``
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from shapes_2d import (KEYS, ROOT, TIMING_BATCHES, demo_env, load_model_and_batches, test_checkpoint,
+from shapes_2d import (KEYS, ROOT, TIMING_BATCHES, WORK, demo_env, load_model_and_batches, test_checkpoint,
                        time_refinement)
 
 CASCADE_CFG = 'configs/cascade-rcnn_r18_fpn_shapes.py'
@@ -36,10 +36,10 @@ CASCADE_EBM_CFG = 'configs/cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py'
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--work', default='work_dirs/bench_2d', help="shapes_2d.py's work dir (Faster R-CNN + EBM)")
+    p.add_argument('--work', default=WORK, help="shapes_2d.py's work dir (Faster R-CNN + EBM)")
     p.add_argument('--data', default='data/shapes_bench')
     p.add_argument('--det-iters', type=int, default=2400, help="the Faster R-CNN's iterations (shapes_2d.py's)")
-    p.add_argument('--ebm-iters', type=int, default=600, help='EBM head iterations, both heads')
+    p.add_argument('--ebm-iters', type=int, default=800, help="EBM head iterations, both heads (shapes_2d.py's)")
     p.add_argument('--num-train', type=int, default=600)
     p.add_argument('--num-val', type=int, default=150)
     p.add_argument('--probe-iters', type=int, default=60, help='Cascade R-CNN iterations timed to set its budget')

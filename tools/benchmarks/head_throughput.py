@@ -3,7 +3,7 @@
 detector.
 
     python tools/benchmarks/head_throughput.py [--updates 1 2 4 8] [--optimizers adam_1e-4 ...]
-        [--iters 600] [--every 150] [--feature-cache 1200] [--work work_dirs/bench_2d]
+        [--iters 600] [--every 150] [--feature-cache 1200] [--work work_dirs/bench_2d_v2]
         [--data data/shapes_bench] [--out docs/figures/head_throughput.md]
 
 For each K and optimiser (``OPTIMIZERS``) an NCE+ head is trained by tools/demo.sh on the detector that ``tools/benchmarks/
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from shapes_2d import ROOT, require_detector, test_checkpoint  # the sibling benchmark
+from shapes_2d import ROOT, WORK, require_detector, test_checkpoint  # the sibling benchmark
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
 # the head's optimiser on the shapes config's 600-iteration step schedule (no warm-up)
@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--iters', type=int, default=600, help='EBM training iterations (batches) per run')
     p.add_argument('--every', type=int, default=150, help='checkpoint (and test) interval')
     p.add_argument('--feature-cache', type=int, default=1200, help='images whose features are cached (0: off)')
-    p.add_argument('--work', default='work_dirs/bench_2d')
+    p.add_argument('--work', default=WORK)
     p.add_argument('--data', default='data/shapes_bench')
     p.add_argument('--out', default='docs/figures/head_throughput.md')
     return p.parse_args()

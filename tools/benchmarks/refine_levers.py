@@ -3,7 +3,7 @@ benchmark's trained detector and EBM head (``tools/benchmarks/shapes_2d.py`` mus
 
     python tools/benchmarks/refine_levers.py [--levers float32 bf16 tol_1e-4 tol_1e-3 bf16+tol_1e-3 T=7 T=5
         bf16+T=7 bf16+T=5]
-        [--work work_dirs/bench_2d] [--data data/shapes_bench] [--out docs/figures/refine_levers.md]
+        [--work work_dirs/bench_2d_v2] [--data data/shapes_bench] [--out docs/figures/refine_levers.md]
 
 Per lever: one tools/test.py pass over the 150 val images (COCO AP before/after, matched mean IoU)
 and, in this process, the detector's and the refinement's time per image on the first val batches
@@ -13,14 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from shapes_2d import ROOT, require_detector, test_checkpoint, time_refinement  # the sibling benchmark
+from shapes_2d import ROOT, WORK, require_detector, test_checkpoint, time_refinement  # the sibling benchmark
 
-LEVERS = {
-    'float32': [],
-    'bf16': ['model.test_cfg.autocast=bfloat16'],
-    'tol_1e-4': ['model.test_cfg.tol=1e-4'],
-    'tol_1e-3': ['model.test_cfg.tol=1e-3'],
-    'bf16+tol_1e-3': ['model.test_cfg.autocast=bfloat16', 'model.test_cfg.tol=1e-3'],
+LEVERS = {  # each sets T, so that a lever means the same whatever the config's default T
+    'float32': ['model.test_cfg.num_steps=10'],
+    'bf16': ['model.test_cfg.autocast=bfloat16', 'model.test_cfg.num_steps=10'],
+    'tol_1e-4': ['model.test_cfg.tol=1e-4', 'model.test_cfg.num_steps=10'],
+    'tol_1e-3': ['model.test_cfg.tol=1e-3', 'model.test_cfg.num_steps=10'],
+    'bf16+tol_1e-3': ['model.test_cfg.autocast=bfloat16', 'model.test_cfg.tol=1e-3', 'model.test_cfg.num_steps=10'],
     'T=7': ['model.test_cfg.num_steps=7'],
     'T=5': ['model.test_cfg.num_steps=5'],
     'bf16+T=7': ['model.test_cfg.autocast=bfloat16', 'model.test_cfg.num_steps=7'],
@@ -31,7 +31,7 @@ LEVERS = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--levers', nargs='+', default=list(LEVERS), choices=list(LEVERS))
-    p.add_argument('--work', default='work_dirs/bench_2d')
+    p.add_argument('--work', default=WORK)
     p.add_argument('--data', default='data/shapes_bench')
     p.add_argument('--ebm-dir', default='ebm')
     p.add_argument('--head-options', nargs='*', default=[],

@@ -2,7 +2,7 @@
 refinement on the generated shapes set, plus test-time variants, as a markdown table.
 
     python tools/benchmarks/shapes_2d.py [--det-iters 2400] [--ebm-iters 800] [--num-train 600]
-        [--num-val 150] [--work work_dirs/bench_2d] [--out docs/figures/shapes_2d.md]
+        [--num-val 150] [--work work_dirs/bench_2d_v2] [--out docs/figures/shapes_2d.md]
         [--reduced-channels 16 ...] [--pooling prroi]
 
 Trains through tools/demo.sh (skipping what its work dir already holds), then runs tools/test.py
@@ -25,10 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 EBM_CFG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
 KEYS = ['bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l']
 VARIANTS = {
-    'paper (T=10, lambda=(8e-4, 3.2e-3))': [],
+    'default (T=5, lambda=(8e-4, 3.2e-3))': [],
+    'paper (T=10)': ['model.test_cfg.num_steps=10'],
     'lambda x10': ['model.test_cfg.step_sizes=[8e-3,8e-3,3.2e-2,3.2e-2]'],
     'paper + score fusion w=0.5': ['model.test_cfg.rescore_weight=0.5'],
 }
+WORK = 'work_dirs/bench_2d_v2'  # the 2D benchmarks' work dir (bench_2d: the frozen-stem detector's)
 REDUCED_VARIANTS = 2  # the first variants, also tested with each --reduced-channels head
 TIMING_BATCHES = 25  # val batches timed in-process
 MATCH_SCORE = 0.3  # localisation: detections scoring at least this (detector's score) ...
@@ -144,6 +146,7 @@ def time_refinement(work: Path, data: str, ebm_dir: str = 'ebm', options=(), num
     det_ms = 1000 * sum(p[1] for p in passes) / images
     refine_ms = 1000 * sum(p[2] for p in passes) / images
     return dict(images=images, det_ms=det_ms, refine_ms=refine_ms, ratio=refine_ms / det_ms,
+                num_steps=model.refine_cfg.num_steps,
                 rejected=sum(r for r, _ in steps) / max(1, sum(a for _, a in steps)), **located)
 
 
@@ -155,7 +158,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--num-train', type=int, default=600)
     parser.add_argument('--num-val', type=int, default=150)
     parser.add_argument('--data', default='data/shapes_bench')
-    parser.add_argument('--work', default='work_dirs/bench_2d')
+    parser.add_argument('--work', default=WORK, help='work dir: trained models, metrics (reused when present)')
     parser.add_argument('--out', default='docs/figures/shapes_2d.md')
     parser.add_argument('--reduced-channels', type=int, nargs='*', default=[],
                         help='also train EBM heads with a 1x1 reduction to these channels (a speed lever) and '
@@ -207,7 +210,7 @@ def head_variants(args: argparse.Namespace) -> list:
 
 def timing_rows(t: dict, label: str) -> list:
     return [f"{label}: time per image ({t['images']} val images, batch 2, CPU threads {os.cpu_count()}): detector "
-            f"{t['det_ms']:.0f} ms, refinement (T=10) {t['refine_ms']:.0f} ms, ratio {t['ratio']:.2f}; "
+            f"{t['det_ms']:.0f} ms, refinement (T={t['num_steps']}) {t['refine_ms']:.0f} ms, ratio {t['ratio']:.2f}; "
             f"{100 * t['rejected']:.1f}% of the refinement steps were rejected (f would have dropped)", '',
             f"Localisation on the same images: {t['matched']} detections (score >= {MATCH_SCORE}, IoU >= {MATCH_IOU} "
             f"with a GT box of their class): mean IoU {t['iou_before']:.3f} -> {t['iou_after']:.3f} after refinement; "

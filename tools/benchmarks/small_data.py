@@ -1,7 +1,7 @@
 """Small training sets: does the EBM head still help on unseen images when it is trained on few?
 
     python tools/benchmarks/small_data.py [--sizes 50 100 200 550] [--variants paper dropout ...]
-        [--calib 50] [--iters 600] [--no-gate] [--work work_dirs/bench_2d] [--data data/shapes_bench]
+        [--calib 50] [--iters 600] [--no-gate] [--work work_dirs/bench_2d_v2] [--data data/shapes_bench]
         [--out docs/figures/small_data.md]
 
 On the frozen detector of ``tools/benchmarks/shapes_2d.py`` (it must have run: ``--work``/det),
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shapes_2d import EBM_CFG, ROOT, require_detector, test_checkpoint  # the sibling benchmark
+from shapes_2d import EBM_CFG, ROOT, WORK, require_detector, test_checkpoint  # the sibling benchmark
 
 # head variants: config options applied to the head's training and its tests
 VARIANTS = {
@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
                    help=f'head variants, of {sorted(VARIANTS)}; join several with + to combine them (dropout+narrow)')
     p.add_argument('--calib', type=int, default=50, help='training images held out to calibrate the gate')
     p.add_argument('--iters', type=int, default=600, help='EBM training iterations (batch 4) at every size')
-    p.add_argument('--work', default='work_dirs/bench_2d')
+    p.add_argument('--work', default=WORK)
     p.add_argument('--data', default='data/shapes_bench')
     p.add_argument('--no-gate', action='store_true', help='skip the gate (calibration and the second test pass)')
     p.add_argument('--per-class-gate', action='store_true', help='calibrate one margin per class')
