@@ -23,8 +23,8 @@ from ebm_det.evaluation import calibrate_min_gain, match_refined_detections
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config')
-    p.add_argument('checkpoint')
+    p.add_argument('config', help='the 2D EBM refine detector config (an mmengine .py config)')
+    p.add_argument('checkpoint', help='checkpoint (.pth) to load')
     p.add_argument('--ann-file', required=True, help='COCO annotations of the held-out images (relative to the data root, as mmdet datasets take it, or absolute)')
     p.add_argument('--data-root', help="default: the config's test data root")
     p.add_argument('--img-prefix', help="the images' folder under the data root (default: the config's test one; "
@@ -33,10 +33,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--score-thr', type=float, default=0.3,
                    help="detections scoring at least this (detector's score)")
     p.add_argument('--iou-thr', type=float, default=0.5, help='... whose box overlaps an object of their class this much')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                   help='where the model runs (default: cuda when available, else cpu)')
     p.add_argument('--out', help="write the margins ('inf' as a string) and the matched detections' statistics "
                    'to this JSON file')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config keys (key=value ...), e.g. the options the head was trained with '
+                   '(test_cfg.min_gain is set to 0 regardless)')
     return p.parse_args()
 
 

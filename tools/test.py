@@ -20,13 +20,17 @@ from train import setup_cpu_distributed  # the sibling tool (this folder is on s
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test with the mmengine Runner')
-    parser.add_argument('config')
-    parser.add_argument('checkpoint')
-    parser.add_argument('--work-dir')
+    parser.add_argument('config', help='the model config (an mmengine .py config)')
+    parser.add_argument('checkpoint', help='checkpoint (.pth) to load')
+    parser.add_argument('--work-dir', help="logs and outputs (default: the config's work_dir, else "
+                        'work_dirs/<config name>)')
     parser.add_argument('--out-json', help='also write the metrics to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (key=value ...)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher: none (one process), pytorch (torchrun: tools/dist_test.sh), slurm or mpi')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help='accepted for torch.distributed.launch, and ignored (mmengine reads LOCAL_RANK from the '
+                        'environment)')
     return parser.parse_args()
 
 

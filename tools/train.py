@@ -15,13 +15,17 @@ import ebm_det  # noqa: F401  (registers modules; allows mmengine checkpoints un
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train with the mmengine Runner')
-    parser.add_argument('config')
-    parser.add_argument('--work-dir', help='defaults to work_dirs/<config name>')
+    parser.add_argument('config', help='the detector or EBM refiner config (an mmengine .py config)')
+    parser.add_argument('--work-dir', help="logs and checkpoints (default: the config's work_dir, else work_dirs/<config name>)")
     parser.add_argument('--resume', action='store_true', help='resume from the latest checkpoint in work-dir')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher: none (one process), pytorch (torchrun, as tools/dist_train.sh), slurm (as '
+                        'tools/slurm_train.sh) or mpi')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help='accepted for torch.distributed.launch, and ignored (mmengine reads LOCAL_RANK from the '
+                        'environment)')
     return parser.parse_args()
 
 

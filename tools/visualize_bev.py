@@ -45,14 +45,14 @@ Extent = Tuple[float, float, float, float]  # x0, x1, y0, y1 in metres
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config')
-    p.add_argument('checkpoint')
+    p.add_argument('config', help='the 3D EBM refine detector config (an mmengine .py config)')
+    p.add_argument('checkpoint', help='checkpoint (.pth) to load')
     p.add_argument('--frame', type=int, default=0, help='index in the val (test) dataset')
     p.add_argument('--score-thr', type=float, default=0.3, help='draw detections scoring at least this')
     p.add_argument('--data-root', help='override the dataset root')
-    p.add_argument('--out', default=osp.join(ROOT, 'docs', 'figures', 'kitti_3d_bev.png'))
+    p.add_argument('--out', default=osp.join(ROOT, 'docs', 'figures', 'kitti_3d_bev.png'), help='the PNG to write')
     p.add_argument('--zoom', type=float, default=12.0, help='side of the zoomed panel in metres (0: none)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (key=value ...)')
     return p.parse_args(argv)
 
 

@@ -39,22 +39,24 @@ PANELS = dict(shift=(0, 1), scale=(2, 3))  # dimensions of the box space each pa
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config')
-    p.add_argument('checkpoint')
+    p.add_argument('config', help='the 2D EBM refine detector config (an mmengine .py config)')
+    p.add_argument('checkpoint', help='checkpoint (.pth) to load')
     p.add_argument('--images', type=int, default=4, help='draw the first N images of the split')
     p.add_argument('--split', choices=['val', 'test'], default='val', help='which dataloader of the config')
     p.add_argument('--score-thr', type=float, default=0.3, help='draw detections scoring at least this')
-    p.add_argument('--out-dir', default=osp.join('work_dirs', 'vis'))
+    p.add_argument('--out-dir', default=osp.join('work_dirs', 'vis'),
+                   help='folder for the pictures (refine_<img_id>.png, heatmap_<img_id>.png)')
     p.add_argument('--heatmap-box', type=int, default=0,
-                   help='heat map around the K-th highest-scoring detection of the first image (0 = best)')
+                   help='heat map around the K-th highest-scoring detection of the first image (0 = best; a '
+                   'ValueError, once the image is detected, if it has K or fewer detections)')
     p.add_argument('--device', default='cpu', help="where the model runs ('cpu', 'cuda:0')")
     p.add_argument('--zoom', type=int, default=1,
                    help='draw the pictures at this many times the image size (nearest-neighbour), for small images')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (key=value ...)')
     args = p.parse_args(argv)
-    for name in ('images', 'zoom'):
-        if getattr(args, name) < 1:
-            p.error(f'--{name} must be at least 1, got {getattr(args, name)}')  # usage + exit status 2
+    for name, least in (('images', 1), ('zoom', 1), ('heatmap_box', 0)):
+        if getattr(args, name) < least:  # usage + exit status 2
+            p.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     return args
 
 

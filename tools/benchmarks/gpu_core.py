@@ -101,12 +101,13 @@ def detector_fn(batch: int, size, device):
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--batches', type=int, nargs='+', default=[1, 8])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                   help='torch device (default: cuda when available, else cpu)')
+    p.add_argument('--batches', type=int, nargs='+', default=[1, 8], help='batch sizes (images) to time, each in turn')
     p.add_argument('--boxes', type=int, default=100, help='boxes per image')
     p.add_argument('--steps', type=int, default=10, help='T')
     p.add_argument('--size', type=int, nargs=2, default=[800, 1333], help='input H W')
-    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--repeats', type=int, default=5, help='timed runs per measurement (median, after one warm-up)')
     p.add_argument('--levers', action='store_true', help='also bf16 autocast, early exit and torch.compile')
     p.add_argument('--tol', type=float, default=1e-3, help='early exit threshold for the lever')
     p.add_argument('--out', help='write the markdown table here')

@@ -36,13 +36,14 @@ OPTIMIZERS = {
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--updates', type=int, nargs='+', default=[1, 2, 4, 8], help='K values')
-    p.add_argument('--optimizers', nargs='+', default=['adam_1e-4'], choices=sorted(OPTIMIZERS))
+    p.add_argument('--optimizers', nargs='+', default=['adam_1e-4'], choices=sorted(OPTIMIZERS),
+                   help="the head's optimisers (OPTIMIZERS; adam_1e-4: the config's own), each run with every K")
     p.add_argument('--iters', type=int, default=600, help='EBM training iterations (batches) per run')
     p.add_argument('--every', type=int, default=150, help='checkpoint (and test) interval')
     p.add_argument('--feature-cache', type=int, default=1200, help='images whose features are cached (0: off)')
-    p.add_argument('--work', default=WORK)
-    p.add_argument('--data', default='data/shapes_bench')
-    p.add_argument('--out', default='docs/figures/head_throughput.md')
+    p.add_argument('--work', default=WORK, help="shapes_2d.py's work dir (its det/ must exist); the heads train here")
+    p.add_argument('--data', default='data/shapes_bench', help="shapes_2d.py's generated data set")
+    p.add_argument('--out', default='docs/figures/head_throughput.md', help='markdown table (the .png plot beside it)')
     return p.parse_args()
 
 

@@ -96,13 +96,15 @@ TRAIN_RECORD = 'train_record.json'  # beside a checkpoint: the settings it was t
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', default=osp.join(ROOT, 'data', 'kitti_gen'))
+    p.add_argument('--data', default=osp.join(ROOT, 'data', 'kitti_gen'),
+                   help='the generated scenes (written here unless the info files there hold --num-train / --num-val)')
     p.add_argument('--num-train', type=int, default=350,
                    help='generated training frames: the last --num-tune of them are held out to choose lambda')
     p.add_argument('--num-tune', type=int, default=50,
                    help='training frames held out to choose lambda (neither detector nor heads train on them)')
-    p.add_argument('--num-val', type=int, default=100)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--num-val', type=int, default=100, help='generated val frames (scored once, at the chosen lambda)')
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed of the generated scenes (data with the right frame counts is reused, whatever its seed)')
     p.add_argument('--det-iters', type=int, default=3000, help='detector iterations (batch 2)')
     p.add_argument('--ebm-iters', type=int, default=600, help='EBM iterations (batch 2)')
     p.add_argument('--num-samples', type=int, default=128, help='NCE noise samples per GT box')
@@ -111,10 +113,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    'the paper; it wins ties)')
     p.add_argument('--head-updates', type=int, default=1,
                    help='K: optimiser steps of each EBM head per frozen-detector forward (model.head_updates)')
-    p.add_argument('--num-steps', type=int, default=10)
+    p.add_argument('--num-steps', type=int, default=10, help='T: gradient-ascent steps of each refinement')
     p.add_argument('--normalized', action='store_true', help='also train and test a normalized-space head')
-    p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'kitti_3d_benchmark'))
-    p.add_argument('--out', default=osp.join(ROOT, 'docs', 'figures', 'kitti_3d.md'))
+    p.add_argument('--work-dir', default=osp.join(ROOT, 'work_dirs', 'kitti_3d_benchmark'),
+                   help='checkpoints (reused when trained with the same settings), test outputs and results.json')
+    p.add_argument('--out', default=osp.join(ROOT, 'docs', 'figures', 'kitti_3d.md'), help='the markdown report')
     p.add_argument('--retrain', action='store_true', help='retrain even if checkpoints exist')
     args = p.parse_args(argv)
     if not 0 < args.num_tune < args.num_train:

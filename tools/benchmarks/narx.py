@@ -355,11 +355,12 @@ def plot(ebm, mlp, data, path, window=PLOT_WINDOW, **overrides) -> bool:
 # ------------------------------------------------------------------------------------ main
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--iters', type=int, default=DEFAULTS['iters'])
-    ap.add_argument('--loss', default=DEFAULTS['loss'], choices=LOSSES)
-    ap.add_argument('--num-samples', type=int, default=DEFAULTS['num_samples'])
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--out', default='docs/figures')
+    ap.add_argument('--iters', type=int, default=DEFAULTS['iters'], help='Adam steps (batch 64) of the EBM and the MLP')
+    ap.add_argument('--loss', default=DEFAULTS['loss'], choices=LOSSES, help="the EBM's loss: NCELoss or NCEPlusLoss")
+    ap.add_argument('--num-samples', type=int, default=DEFAULTS['num_samples'],
+                    help="M: the EBM's noise samples per training target")
+    ap.add_argument('--seed', type=int, default=0, help='seed of the simulated sequences and of both trainings')
+    ap.add_argument('--out', default='docs/figures', help='folder for narx.md and narx.png')
     return ap.parse_args(argv)
 
 

@@ -30,13 +30,14 @@ LEVERS = {  # each sets T, so that a lever means the same whatever the config's 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--levers', nargs='+', default=list(LEVERS), choices=list(LEVERS))
-    p.add_argument('--work', default=WORK)
-    p.add_argument('--data', default='data/shapes_bench')
-    p.add_argument('--ebm-dir', default='ebm')
+    p.add_argument('--levers', nargs='+', default=list(LEVERS), choices=list(LEVERS),
+                   help='test-time settings to measure (LEVERS; default: all), one table row each')
+    p.add_argument('--work', default=WORK, help="shapes_2d.py's work dir (its det/ must exist)")
+    p.add_argument('--data', default='data/shapes_bench', help="shapes_2d.py's generated data set")
+    p.add_argument('--ebm-dir', default='ebm', help="the EBM head's folder under --work (ebm: shapes_2d.py's)")
     p.add_argument('--head-options', nargs='*', default=[],
                    help='config options the head was trained with (e.g. model.ebm_head.fc_channels=512)')
-    p.add_argument('--out', default='docs/figures/refine_levers.md')
+    p.add_argument('--out', default='docs/figures/refine_levers.md', help='markdown table')
     args = p.parse_args()
     require_detector(args.work)
     work = ROOT / args.work
@@ -55,6 +56,7 @@ def main() -> None:
                      f"{m['refine/iou']:.4f} | {t['det_ms']:.0f} | {t['refine_ms']:.0f} | {t['ratio']:.2f} |")
     text = '\n'.join(lines) + '\n'
     print(text)
+    (ROOT / args.out).parent.mkdir(parents=True, exist_ok=True)
     (ROOT / args.out).write_text(text)
 
 

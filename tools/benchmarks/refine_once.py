@@ -1,4 +1,4 @@
-"""Time one refinement step (``ebm_det.core.refine_boxes`` on an ``EBMBoxHead``): 100 random boxes,
+"""Time one refinement (``ebm_det.core.refine_boxes`` on an ``EBMBoxHead``): 100 random boxes,
 T = 10, on random 256-channel P2-P5 maps of an 800x1344 image (median of 3 after a warm-up). A quick
 check of head and sampler levers:
 
@@ -17,10 +17,13 @@ from ebm_det.models import EBMBoxHead
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--boxes', type=int, default=100)
-    parser.add_argument('--reduced-channels', type=int, default=None)
-    parser.add_argument('--fc-channels', type=int, default=1024)
-    parser.add_argument('--pooling', choices=['grid_sample', 'prroi'], default='grid_sample')
+    parser.add_argument('--boxes', type=int, default=100, help='random boxes refined')
+    parser.add_argument('--reduced-channels', type=int, default=None,
+                        help='EBMBoxHead.reduced_channels: a 1x1 conv to this many channels before sampling '
+                        '(default: none)')
+    parser.add_argument('--fc-channels', type=int, default=1024, help="width of the head's two hidden fc layers")
+    parser.add_argument('--pooling', choices=['grid_sample', 'prroi'], default='grid_sample',
+                        help='EBMBoxHead.pooling: RoIAlign by grid_sample, or Precise RoI Pooling')
     parser.add_argument('--compile', action='store_true', help='torch.compile the fc layers')
     parser.add_argument('--profile', action='store_true', help='print the top ops of one call')
     parser.add_argument('--amp', choices=['bfloat16', 'float16'], help='test_cfg.autocast: the head under autocast')

@@ -277,10 +277,13 @@ def to_markdown(res: dict, device: str, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cpu or cuda (default: cuda when available)')
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs per measurement (median, after one warm-up)')
     parser.add_argument('--out', default=None, help='write a markdown table here')
-    parser.add_argument('--skip', nargs='*', default=[], choices=['refine', 'pointpillars', 'train', 'memory'])
+    parser.add_argument('--skip', nargs='*', default=[], choices=['refine', 'pointpillars', 'train', 'memory'],
+                        help='sections to leave out: refine (the 2D detectors), pointpillars, train (the training '
+                        'overhead), memory')
     parser.add_argument('--autocast', nargs='+', default=['none'], choices=['none', 'bfloat16', 'float16'],
                         help='RefineConfig.autocast settings to time for the 2D detectors (each beside the same '
                         'detector time)')

@@ -41,11 +41,12 @@ def parse_args() -> argparse.Namespace:
                    help=f'head variants, of {sorted(VARIANTS)}; join several with + to combine them (dropout+narrow)')
     p.add_argument('--calib', type=int, default=50, help='training images held out to calibrate the gate')
     p.add_argument('--iters', type=int, default=600, help='EBM training iterations (batch 4) at every size')
-    p.add_argument('--work', default=WORK)
-    p.add_argument('--data', default='data/shapes_bench')
+    p.add_argument('--work', default=WORK, help="shapes_2d.py's work dir (its det/ must exist); the heads train here")
+    p.add_argument('--data', default='data/shapes_bench',
+                   help="shapes_2d.py's generated data set (the subsets' annotation files are written into it)")
     p.add_argument('--no-gate', action='store_true', help='skip the gate (calibration and the second test pass)')
     p.add_argument('--per-class-gate', action='store_true', help='calibrate one margin per class')
-    p.add_argument('--out', default='docs/figures/small_data.md')
+    p.add_argument('--out', default='docs/figures/small_data.md', help='markdown table (the .png plot beside it)')
     return p.parse_args()
 
 

@@ -420,13 +420,14 @@ def plot(models, path, datasets=(1, 2), methods=METHODS, xs=PLOT_XS):
 # ------------------------------------------------------------------------------------ main
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--seeds', type=int, default=3)
-    ap.add_argument('--iters', type=int, default=DEFAULTS['iters'])
-    ap.add_argument('--num-samples', type=int, default=DEFAULTS['num_samples'], help='M for the IS/NCE methods')
-    ap.add_argument('--datasets', type=int, nargs='+', default=[1, 2])
-    ap.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    ap.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 per toy and method (each its own data and init)')
+    ap.add_argument('--iters', type=int, default=DEFAULTS['iters'], help='Adam steps (batch 32) of every training run')
+    ap.add_argument('--num-samples', type=int, default=DEFAULTS['num_samples'], help='M: samples per target for ML-IS, KLD-IS, NCE, NCE+ and DSM')
+    ap.add_argument('--datasets', type=int, nargs='+', default=[1, 2], help='the toys to run: 1 and/or 2 (see above)')
+    ap.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS,
+                    help='the six EBM methods, grid_ml (the exact-ML reference), gaussian (the baseline)')
     ap.add_argument('--jobs', type=int, default=1, help='parallel processes (one thread each)')
-    ap.add_argument('--out', default='docs/figures')
+    ap.add_argument('--out', default='docs/figures', help='folder for toy_1d.md and toy_1d.png')
     return ap.parse_args(argv)
 
 

@@ -495,22 +495,27 @@ def runner_check(model_cfg, ckpt: str, data_root: Path, work_dir: str) -> dict:
 # -------------------------------------------------------------------------------------- the CLI
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ebm-work-dir', default='work_dirs/demo/ebm')
-    parser.add_argument('--train-dir', default='work_dirs/tracking_bench')
-    parser.add_argument('--shapes-data', default='data/shapes')
-    parser.add_argument('--train-det-iters', type=int, default=400)
-    parser.add_argument('--train-ebm-iters', type=int, default=200)
+    parser.add_argument('--ebm-work-dir', default='work_dirs/demo/ebm',
+                        help="a trained EBM's work dir (last_checkpoint, the dumped config); default: tools/demo.sh's")
+    parser.add_argument('--train-dir', default='work_dirs/tracking_bench',
+                        help='where small models (det/, ebm/) train when --ebm-work-dir has none; reused if there')
+    parser.add_argument('--shapes-data', default='data/shapes',
+                        help='still shapes images the small models train on (generated when missing)')
+    parser.add_argument('--train-det-iters', type=int, default=400, help="the small detector's training iterations")
+    parser.add_argument('--train-ebm-iters', type=int, default=200, help="the small EBM head's training iterations")
     parser.add_argument('--data', default=None, help='default: data/mot_gen/bench_<seqs>x<frames>_s<seed>')
-    parser.add_argument('--num-seqs', type=int, default=6)
-    parser.add_argument('--num-frames', type=int, default=80)
+    parser.add_argument('--num-seqs', type=int, default=6, help='generated video sequences scored')
+    parser.add_argument('--num-frames', type=int, default=80, help='frames per sequence')
     parser.add_argument('--long-frames', type=int, default=600, help='memory run length (0: skip)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--sot-det-thr', type=float, default=0.3)
+    parser.add_argument('--seed', type=int, default=0, help='seed of the generated video and the noisy-GT detections')
+    parser.add_argument('--sot-det-thr', type=float, default=0.3,
+                        help="single object '+ dets' variants: detections scoring at least this may replace the "
+                        'prediction')
     parser.add_argument('--track-steps', type=int, default=None, help='refinement steps for tracks (default: as dets)')
-    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (torch.set_num_threads)')
     parser.add_argument('--check-runner', action='store_true',
                         help='also run configs/bytetrack_ebm_shapes-video.py through the Runner and MOTChallengeMetric')
-    parser.add_argument('--out', default='docs/figures/tracking.md')
+    parser.add_argument('--out', default='docs/figures/tracking.md', help='markdown report (its .json beside it)')
     parser.add_argument('--render-only', action='store_true', help='rewrite the .md from the .json next to it')
     return parser.parse_args()
 
