@@ -81,9 +81,11 @@ def test_with_sample_idx_gives_empty_frames_their_index():
     assert out[0]['sample_idx'].tolist() == [5, 5] and out[1]['sample_idx'].tolist() == [9]
 
 
-def test_check_strict_ap():
-    ap = {'BEV@0.7': 10.0, '3D@0.7': 5.0}
-    ref = {bench.INIT_STRICT_KEY.format('BEV'): 10.0, bench.INIT_STRICT_KEY.format('3D'): 5.0}
+@pytest.mark.parametrize('prefix', ['Kitti metric', 'Kitti metric_init'])  # a variant's boxes, the detector's
+def test_check_strict_ap(prefix):
+    ap = {'BEV@0.7': 10.0, '3D@0.7': 5.0, 'BEV@0.8': 1.0}
+    ref = {prefix + bench.STRICT_KEY.format('BEV'): 10.0, prefix + bench.STRICT_KEY.format('3D'): 5.0,
+           prefix + bench.STRICT_KEY.format('2D'): 99.0}  # KittiMetric's other strict AP: not compared
     bench.check_strict_ap(ap, ref)
     with pytest.raises(RuntimeError, match='3D'):
         bench.check_strict_ap({**ap, '3D@0.7': 6.0}, ref)

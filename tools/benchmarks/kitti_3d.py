@@ -78,8 +78,9 @@ TRAIN_LOG_INTERVAL = 50  # iterations between training log lines
 TEST_LOG_INTERVAL = 5  # batches between test progress lines
 STRICT_IOU = 0.7  # KittiMetric's 'strict' Car IoU
 AP_IOUS = (STRICT_IOU, 0.8)
-# KittiMetric's strict AP40 of the detector's own boxes (InitialPredictionMetric's prefix), per BEV / 3D
-INIT_STRICT_KEY = 'Kitti metric_init/pred_instances_3d/KITTI/Car_{}_AP40_moderate_strict'
+# KittiMetric's strict AP40, per BEV / 3D, of a variant's boxes ('Kitti metric/...') or of the detector's own
+# ('Kitti metric_init/...', InitialPredictionMetric's prefix)
+STRICT_KEY = '/pred_instances_3d/KITTI/Car_{}_AP40_moderate_strict'
 CROSS_CHECK_TOL = 1e-3  # our do_eval AP at STRICT_IOU against KittiMetric's (AP in %)
 CAR, MODERATE = 0, 1  # do_eval's class and difficulty indices
 INIT = 'init'  # the evaluator (and results folder) of the detector's own boxes
@@ -421,10 +422,11 @@ def variant_ap(ann_file: str, work_dir: str, name: str, sample_idx: List[int]) -
     return kitti_ap40_moderate(ann_file, with_sample_idx(annos, sample_idx))
 
 
-def check_strict_ap(ap: Dict[str, float], init_metrics: Dict[str, float]) -> None:
-    """Our AP of the detector's boxes at ``STRICT_IOU`` must equal KittiMetric's 'strict' AP40."""
+def check_strict_ap(ap: Dict[str, float], metrics: Dict[str, float]) -> None:
+    """Our AP at ``STRICT_IOU`` (``kitti_ap40_moderate``) must equal KittiMetric's 'strict' AP40 in
+    ``metrics``, the same boxes' evaluation (a variant's or the detector's); RuntimeError if not."""
     for kind in ('BEV', '3D'):
-        ref = init_metrics[INIT_STRICT_KEY.format(kind)]
+        (ref,) = [v for k, v in metrics.items() if k.endswith(STRICT_KEY.format(kind))]
         if abs(ref - ap[f'{kind}@{STRICT_IOU}']) >= CROSS_CHECK_TOL:
             raise RuntimeError(f'{kind} AP40 at IoU {STRICT_IOU}: do_eval gives {ap}, KittiMetric {ref}')
 
@@ -432,14 +434,15 @@ def check_strict_ap(ap: Dict[str, float], init_metrics: Dict[str, float]) -> Non
 def table_rows(ann_file: str, work_dir: str, variants: Sequence[Variant], stats: TestPass, metrics: dict,
                num_frames: int) -> List[dict]:
     """The detector's row (``head`` None), then one per variant (its ``head`` and ``step_size``): AP
-    at each IoU, refinement ms / frame and its ratio to the detector's time."""
+    at each IoU, refinement ms / frame and its ratio to the detector's time. Every row's AP at
+    ``STRICT_IOU`` is checked against KittiMetric's (``check_strict_ap``)."""
     init = variant_ap(ann_file, work_dir, INIT, stats.sample_idx)
     check_strict_ap(init, metrics[INIT])
     rows = [dict(name='detector (before)', head=None, step_size=None, **init, ref_ms=0.0)]
     for v in variants:
-        seconds = stats.refine_seconds[v.name]
-        rows.append(dict(name=v.label, head=v.head, step_size=v.step_size,
-                         **variant_ap(ann_file, work_dir, v.name, stats.sample_idx),
+        seconds, ap = stats.refine_seconds[v.name], variant_ap(ann_file, work_dir, v.name, stats.sample_idx)
+        check_strict_ap(ap, metrics[v.name])
+        rows.append(dict(name=v.label, head=v.head, step_size=v.step_size, **ap,
                          ref_ms=1e3 * seconds / num_frames, ratio=seconds / stats.det_seconds))
     return rows
 
