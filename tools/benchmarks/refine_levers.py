@@ -47,7 +47,8 @@ def main() -> None:
              '| lever | AP | AP75 | matched mean IoU | detector ms | refinement ms | ratio |', '|---|---|---|---|---|---|---|']
     for name in args.levers:
         options = [*args.head_options, *LEVERS[name]]
-        m = test_checkpoint(ckpt, args.data, work / f'levers_{name}.json', options, work / 'test')
+        prefix = 'levers' if args.ebm_dir == 'ebm' else f'levers_{args.ebm_dir}'  # one file per head and lever
+        m = test_checkpoint(ckpt, args.data, work / f'{prefix}_{name}.json', options, work / 'test')
         t = time_refinement(work, args.data, args.ebm_dir, options)
         if name == args.levers[0]:
             lines.append(f"| detector | {100 * m['coco_init/bbox_mAP']:.1f} | {100 * m['coco_init/bbox_mAP_75']:.1f} | "
