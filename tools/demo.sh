@@ -26,8 +26,14 @@ EBM_OPTS=${EBM_OPTS:-}
 RUN_TEST=${RUN_TEST:-1}
 DET_CFG=${DET_CFG:-configs/faster-rcnn_r18_fpn_shapes.py}
 EBM_CFG=${EBM_CFG:-configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py}
-case "$SEED" in
-  ''|*[!0-9]*) echo "[demo] SEED must be a non-negative integer, got '$SEED'" >&2; exit 2 ;;
+for name in SEED DET_ITERS EBM_ITERS NUM_TRAIN NUM_VAL; do
+  case "${!name}" in
+    ''|*[!0-9]*) echo "[demo] $name must be a non-negative integer, got '${!name}'" >&2; exit 2 ;;
+  esac
+done
+case "$RUN_TEST" in
+  0|1) ;;
+  *) echo "[demo] RUN_TEST must be 0 or 1, got '$RUN_TEST'" >&2; exit 2 ;;
 esac
 # training skips validation (mmengine's iteration loop validates at the last iteration otherwise):
 # the test step below evaluates once, the detector's and the refined boxes together
@@ -37,6 +43,8 @@ train_data="train_dataloader.dataset.data_root=$DATA/ randomness.seed=$SEED"
 if [ ! -f "$DATA/annotations/instances_val.json" ]; then
   echo "[demo] generating $NUM_TRAIN + $NUM_VAL $DIFFICULTY images in $DATA"
   $PYTHON tools/data/generate_coco_shapes.py --out "$DATA" --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size 256 --seed 0 --difficulty "$DIFFICULTY"
+else
+  echo "[demo] data: reusing $DATA as generated (NUM_TRAIN, NUM_VAL, DIFFICULTY apply only when it is generated; delete it to generate again)"
 fi
 
 if [ ! -f "$WORK/det/last_checkpoint" ]; then

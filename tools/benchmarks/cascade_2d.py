@@ -37,13 +37,13 @@ CASCADE_EBM_CFG = 'configs/cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py'
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--work', default=WORK, help="shapes_2d.py's work dir (Faster R-CNN + EBM)")
-    p.add_argument('--data', default='data/shapes_bench')
+    p.add_argument('--data', default='data/shapes_bench', help="shapes_2d.py's generated data set")
     p.add_argument('--det-iters', type=int, default=2400, help="the Faster R-CNN's iterations (shapes_2d.py's)")
     p.add_argument('--ebm-iters', type=int, default=800, help="EBM head iterations, both heads (shapes_2d.py's)")
-    p.add_argument('--num-train', type=int, default=600)
-    p.add_argument('--num-val', type=int, default=150)
+    p.add_argument('--num-train', type=int, default=600, help='generated training images (shapes_2d.py\'s)')
+    p.add_argument('--num-val', type=int, default=150, help='generated val images, all scored')
     p.add_argument('--probe-iters', type=int, default=60, help='Cascade R-CNN iterations timed to set its budget')
-    p.add_argument('--out', default='docs/figures/cascade_2d.md')
+    p.add_argument('--out', default='docs/figures/cascade_2d.md', help='markdown table')
     return p.parse_args()
 
 

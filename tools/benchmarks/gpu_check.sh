@@ -9,11 +9,22 @@
 #      batch 1 and 8, with the levers (tools/benchmarks/gpu_core.py -> docs/figures/gpu_core.md);
 #   3. only where the OpenMMLab stack is installed: the model tests on CUDA and refine_speed.py.
 # Run: bash tools/benchmarks/gpu_check.sh   (the device tool: carry ["work_dirs/gpu_wheels"])
+# Smoke test on a CPU machine (CI: tests/test_gpu_check.py): bash tools/benchmarks/gpu_check.sh --device cpu
+#   step 2 only, at tiny sizes (the core's tests already run on the CPU in make test), written to
+#   $OUT (default work_dirs/gpu_core_smoke.md).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-work_dirs/gpu_wheels}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # ebm_det.core from this checkout, nothing installed
+case "${1:-} ${2:-}" in
+  ' ') ;;
+  '--device cuda') ;;
+  '--device cpu')
+    exec $PYTHON tools/benchmarks/gpu_core.py --device cpu --batches 1 2 --size 256 320 --boxes 10 --repeats 2 \
+      --levers --out "${OUT:-work_dirs/gpu_core_smoke.md}" ;;
+  *) echo "usage: bash tools/benchmarks/gpu_check.sh [--device cuda|cpu]" >&2; exit 2 ;;
+esac
 $PYTHON -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name(0), "torch", torch.__version__)' || exit 1
 if ! $PYTHON -c 'import pytest' 2>/dev/null && [ -d "$WHEELS" ]; then
   $PYTHON -m pip install -q --no-index --find-links "$WHEELS" pytest

@@ -31,7 +31,8 @@ LEVERS = {  # each sets T, so that a lever means the same whatever the config's 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--levers', nargs='+', default=list(LEVERS), choices=list(LEVERS),
-                   help='test-time settings to measure (LEVERS; default: all), one table row each')
+                   help='test-time settings to measure (LEVERS; default: all), one table row each; float32, bf16 '
+                   'and tol_* refine with the papers\' T = 10, T=7 / T=5 with that T (the 2D configs\' default: 5)')
     p.add_argument('--work', default=WORK, help="shapes_2d.py's work dir (its det/ must exist)")
     p.add_argument('--data', default='data/shapes_bench', help="shapes_2d.py's generated data set")
     p.add_argument('--ebm-dir', default='ebm', help="the EBM head's folder under --work (ebm: shapes_2d.py's)")

@@ -152,14 +152,16 @@ def time_refinement(work: Path, data: str, ebm_dir: str = 'ebm', options=(), num
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--det-iters', type=int, default=2400)
+    parser.add_argument('--det-iters', type=int, default=2400,
+                        help='detector iterations (batch 4), trained from scratch')
     parser.add_argument('--ebm-iters', type=int, default=800,
                         help='EBM iterations (batch 4); with the detector\'s 2400, about 30 min of training on 2 cores')
-    parser.add_argument('--num-train', type=int, default=600)
-    parser.add_argument('--num-val', type=int, default=150)
-    parser.add_argument('--data', default='data/shapes_bench')
+    parser.add_argument('--num-train', type=int, default=600, help='generated training images (256 px, hard kind)')
+    parser.add_argument('--num-val', type=int, default=150, help='generated val images, all scored')
+    parser.add_argument('--data', default='data/shapes_bench',
+                        help='the generated data set (generated when missing, else reused as it is)')
     parser.add_argument('--work', default=WORK, help='work dir: trained models, metrics (reused when present)')
-    parser.add_argument('--out', default='docs/figures/shapes_2d.md')
+    parser.add_argument('--out', default='docs/figures/shapes_2d.md', help='markdown report')
     parser.add_argument('--reduced-channels', type=int, nargs='*', default=[],
                         help='also train EBM heads with a 1x1 reduction to these channels (a speed lever) and '
                         'test them')

@@ -422,7 +422,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 per toy and method (each its own data and init)')
     ap.add_argument('--iters', type=int, default=DEFAULTS['iters'], help='Adam steps (batch 32) of every training run')
-    ap.add_argument('--num-samples', type=int, default=DEFAULTS['num_samples'], help='M: samples per target for ML-IS, KLD-IS, NCE, NCE+ and DSM')
+    ap.add_argument('--num-samples', type=int, default=DEFAULTS['num_samples'],
+                    help='M: samples per target for ML-IS, KLD-IS, NCE, NCE+ and DSM')
     ap.add_argument('--datasets', type=int, nargs='+', default=[1, 2], help='the toys to run: 1 and/or 2 (see above)')
     ap.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS,
                     help='the six EBM methods, grid_ml (the exact-ML reference), gaussian (the baseline)')
