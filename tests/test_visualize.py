@@ -43,7 +43,8 @@ def test_visualize_refinement_pictures_and_heatmap(shapes_root, tmp_path):
     zoomed = vis.main([str(cfg_path), str(ckpt), '--images', '1', '--score-thr', '0', '--zoom', '3',
                        '--out-dir', str(tmp_path / 'vis3')])['paths'][1]
     assert mmcv.imread(zoomed).shape == (768, 768, 3)
-    for bad in (['--zoom', '0'], ['--images', '0'], ['--heatmap-box', '-1']):  # a usage error (exit status 2), not a traceback
+    # a usage error (exit status 2), not a traceback
+    for bad in (['--zoom', '0'], ['--images', '0'], ['--heatmap-box', '-1']):
         with pytest.raises(SystemExit) as exc:
             vis.main([str(cfg_path), str(ckpt), *bad, '--out-dir', str(tmp_path / 'vis0')])
         assert exc.value.code == 2
