@@ -6,7 +6,8 @@ refinement on the generated shapes set, plus test-time variants, as a markdown t
         [--reduced-channels 16 ...] [--pooling prroi]
 
 Trains through tools/demo.sh (skipping what its work dir already holds), then runs tools/test.py
-once per variant: the paper's settings, step sizes x10, and score fusion with f (rescore_weight);
+once per variant (``VARIANTS``): the configs' default (T = 5), the papers' T = 10, step sizes x10, and
+score fusion with f (rescore_weight);
 with --reduced-channels, also EBM heads with a 1x1 channel reduction (a speed lever), and with
 --pooling prroi a head on Precise RoI Pooling, each trained on the same frozen detector with the
 same budget. Ends with the detector's and the refinement's time per image, measured
@@ -28,7 +29,7 @@ VARIANTS = {
     'default (T=5, lambda=(8e-4, 3.2e-3))': [],
     'paper (T=10)': ['model.test_cfg.num_steps=10'],
     'lambda x10': ['model.test_cfg.step_sizes=[8e-3,8e-3,3.2e-2,3.2e-2]'],
-    'paper + score fusion w=0.5': ['model.test_cfg.rescore_weight=0.5'],
+    'default + score fusion w=0.5': ['model.test_cfg.rescore_weight=0.5'],
 }
 WORK = 'work_dirs/bench_2d_v2'  # the 2D benchmarks' work dir (bench_2d: the frozen-stem detector's)
 REDUCED_VARIANTS = 2  # the first variants, also tested with each --reduced-channels head
