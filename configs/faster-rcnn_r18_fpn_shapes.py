@@ -4,6 +4,9 @@ _base_ = [
     'mmdet::_base_/models/faster-rcnn_r50_fpn.py', './_base_/shapes_detection.py',
     'mmdet::_base_/default_runtime.py'
 ]
+# ebm_det lets torch's weights-only unpickler read mmengine checkpoints (their message hub state), so
+# init_detector / DetInferencer load this detector's own checkpoints
+custom_imports = dict(imports=['ebm_det'], allow_failed_imports=False)
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     # a half-width ResNet-18 (base_channels=32): about 4x cheaper than R18, trains in minutes on 2 cores.

@@ -17,13 +17,13 @@ cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-work_dirs/gpu_wheels}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # ebm_det.core from this checkout, nothing installed
-case "${1:-} ${2:-}" in
-  ' ') ;;
+case "$*" in
+  '') ;;
   '--device cuda') ;;
   '--device cpu')
     exec $PYTHON tools/benchmarks/gpu_core.py --device cpu --batches 1 2 --size 256 320 --boxes 10 --repeats 2 \
       --levers --out "${OUT:-work_dirs/gpu_core_smoke.md}" ;;
-  *) echo "usage: bash tools/benchmarks/gpu_check.sh [--device cuda|cpu]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/benchmarks/gpu_check.sh [--device cuda|cpu] (got: $*)" >&2; exit 2 ;;
 esac
 $PYTHON -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name(0), "torch", torch.__version__)' || exit 1
 if ! $PYTHON -c 'import pytest' 2>/dev/null && [ -d "$WHEELS" ]; then
