@@ -324,6 +324,19 @@ def test_cascade_rcnn_under_the_ebm(shapes_root, tmp_path):
     assert {'coco/bbox_mAP', 'coco_init/bbox_mAP', 'refine/iou'} <= set(metrics)
 
 
+def test_detector_checkpoint_loads_through_mmdet_without_importing_ebm_det_first(trained, shapes_root):
+    """The shapes detector's own checkpoint (mmengine's, with its message hub state) through mmdet's
+    ``DetInferencer`` in a fresh process that never imports ebm_det itself: the config's
+    ``custom_imports`` must let torch's weights-only unpickler read it."""
+    image = str(sorted((shapes_root / 'val').glob('*.png'))[0])
+    code = (f"from mmdet.apis import DetInferencer\n"
+            f"inf = DetInferencer(model={str(ROOT / 'configs' / 'faster-rcnn_r18_fpn_shapes.py')!r}, "
+            f"weights={trained['det_ckpt']!r}, device='cpu', show_progress=False)\n"
+            f"print('predictions', len(inf({image!r})['predictions']))\n")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and 'predictions 1' in proc.stdout, proc.stderr[-3000:]
+
+
 def test_mmdet_entry_points_on_the_ebm_config(trained, shapes_root):
     """MMDetection's own APIs on the CPU 2D EBM config: ``init_detector`` + ``inference_detector``
     and ``DetInferencer`` load the checkpoint (weights-only) and return both box sets."""
