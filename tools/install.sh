@@ -93,6 +93,13 @@ for p in numba pyquaternion trimesh pandas scikit-learn cachetools lap trackeval
   has "$p" || missing="$missing $p"
 done
 [ -z "$missing" ] || { step "installing$missing"; $PIP $missing || die "$missing"; }
+# the refinement's ONNX export (tools/deploy/export_onnx.py) and its onnxruntime check; a GPU build
+# of onnxruntime counts (a second, CPU one beside it would shadow it)
+missing=""
+has onnx || missing="$missing onnx"
+has onnxscript || missing="$missing onnxscript"
+has onnxruntime || has onnxruntime-gpu || missing="$missing onnxruntime"
+[ -z "$missing" ] || { step "installing$missing (ONNX export)"; $PIP $missing || die "$missing"; }
 
 # 5. ebm_det itself, editable, from this checkout (an install from another checkout would run
 #    that checkout's code from every tool here).

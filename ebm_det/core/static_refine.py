@@ -16,7 +16,7 @@ computes the same thing with plain forward ops:
 - ``relative_box2d_grad``: from pixel corners to ``RelativeBox2DSpace`` (cx/w0, cy/h0, log w,
   log h);
 - ``static_refine_boxes_2d``: ``refine.refine_boxes`` for 2D boxes (select -> T steps, revert and
-  halve -> clip -> validity and gain gate) with fixed T, ``torch.where`` for every per-box
+  halve -> clip -> moved, validity and gain gate) with fixed T, ``torch.where`` for every per-box
   decision and no host sync or data-dependent shape.
 
 Only bilinear sampling is covered: Precise RoI Pooling (``pooling='prroi'``) stays autograd-only.
@@ -276,7 +276,9 @@ def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, 
     start = torch.where(sel[:, None], boxes, stand_in)
     ref = start
     y = encode_relative_box2d(start, ref)
-    lam = y.new_tensor(cfg.step_sizes_for(codec.dim, codec.default_step_sizes)).expand(n, codec.dim)
+    # RefineConfig checked the values when it was built (and step_sizes_for their number); re-checking
+    # them here would be Python control flow on every trace
+    lam = y.new_tensor(codec.default_step_sizes if cfg.step_sizes is None else cfg.step_sizes).expand(n, codec.dim)
     decode = codec.space.decode
 
     def score_and_grad(yy: Tensor) -> Tuple[Tensor, Tensor]:
@@ -304,12 +306,13 @@ def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, 
             active = active & ((lam * grad).abs().amax(-1) >= cfg.tol)
     ascended = decode(y, ref).to(boxes.dtype)
     shapes = None if img_shapes is None else img_shapes.to(boxes.device)[batch_idx]
-    out = codec.clip(ascended, shapes)
+    out = codec.clip(ascended, shapes, ref=start)
     clipped = (out != ascended).any(-1)
     rescored, _ = energy(out, start, False)  # f where clipping moved the box, at its refinement's level
     out_f = torch.where(clipped, rescored.float(), f.float())
     init = init.float()
-    kept = sel & codec.valid(out) & (out_f >= init + cfg.gain_margin(labels))
+    # a box no step moved comes back exactly, not round-tripped through the box space
+    kept = sel & (accepted > 0) & codec.valid(out) & (out_f >= init + cfg.gain_margin(labels))
     neg_inf = torch.full_like(out_f, float('-inf'))
     return StaticRefined(torch.where(kept[:, None], out, boxes), torch.where(kept, out_f, neg_inf),
                          torch.where(sel, init, neg_inf), kept, torch.where(sel, accepted, 0),

@@ -1,0 +1,110 @@
+"""Export a 2D EBM detector's refinement as an ONNX graph (run it with onnxruntime beside the detector).
+
+    python tools/deploy/export_onnx.py CONFIG CHECKPOINT --out refine.onnx [--opset 18] [--no-check]
+        [--device cpu] [--cfg-options k=v ...]
+
+The graph is ``ebm_det.deploy.StaticBoxRefiner`` on the checkpoint's ``EBMBoxHead`` with the
+config's ``test_cfg`` (T, step sizes, decay, tol, score_thr, max_per_img, min_gain baked in):
+
+    inputs   feat_0 .. feat_{L-1}  (B, C, H_l, W_l) float32: the neck's first L levels (L = the
+                                   head's featmap_strides), as the detector computed them
+             boxes                 (N, 4) float32 x1, y1, x2, y2 in network-input pixels (before
+                                   rescaling to the original image)
+             scores                (N,) float32 detection scores
+             labels, batch_idx     (N,) int64: class and image of each box
+             img_shapes            (B, 2) int64 (h, w) of each network input (metainfo img_shape)
+    outputs  refined_boxes (N, 4), ebm_scores (N,) (-inf: not refined), ebm_init_scores (N,),
+             refined (N,) bool
+
+B, N and every H_l, W_l are dynamic. With the check (default) the graph runs once in onnxruntime
+(CPU) on random inputs of another batch size and box count than the traced ones, and the tool prints
+the largest difference to PyTorch's eager refinement (``ebm_det.core.refine_boxes``). Only
+``EBMBoxHead`` with ``pooling='grid_sample'`` exports (PrRoIPool and the 3D head: autograd only);
+docs/user_guides/deploy.md says how to deploy.
+"""
+import argparse
+import json
+import os.path as osp
+
+import torch
+
+import ebm_det  # noqa: F401  (registers the modules; weights-only checkpoint loading)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('config', help='the 2D EBM refine detector config (EBMRefineDetector)')
+    p.add_argument('checkpoint', help='its checkpoint (.pth)')
+    p.add_argument('--out', default='refine.onnx', help='the ONNX file to write')
+    p.add_argument('--opset', type=int, default=18, help='ONNX opset (>= 17)')
+    p.add_argument('--device', default='cpu', help='where the model is traced')
+    p.add_argument('--no-check', action='store_true', help='skip the onnxruntime run against PyTorch')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (key=value ...)')
+    args = p.parse_args(argv)
+    if args.opset < 17:
+        p.error(f'--opset must be at least 17, got {args.opset}')
+    return args
+
+
+def build_refiner(config, checkpoint: str, device: str = 'cpu', cfg_options=None):
+    """The config's ``EBMRefineDetector`` with the checkpoint's weights (mmdet's ``init_detector``)
+    -> ``StaticBoxRefiner(model.ebm_head, model.refine_cfg)`` in eval mode."""
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+
+    from ebm_det.deploy import StaticBoxRefiner
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    model = init_detector(cfg, checkpoint, device=device)
+    if not hasattr(model, 'ebm_head'):
+        raise ValueError(f'{type(model).__name__} has no ebm_head: export_onnx exports an EBMRefineDetector')
+    return StaticBoxRefiner(model.ebm_head, model.refine_cfg).eval()
+
+
+def check_with_onnxruntime(refiner, path: str, num_images: int = 3, boxes_per_image: int = 7) -> dict:
+    """Run ``path`` in onnxruntime (CPU) on random inputs; the largest differences to the PyTorch
+    static loop and to the eager ``refine_boxes``, and whether the ``refined`` flags agree."""
+    import onnxruntime as ort
+
+    from ebm_det.core import refine_boxes
+    from ebm_det.deploy.refiner import INPUT_NAMES, example_inputs
+    refiner = refiner.cpu()
+    inputs = example_inputs(refiner, num_images, boxes_per_image, image_size=(160, 224), seed=1)
+    feats, rest = inputs[0], inputs[1:]
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    feed = {f'feat_{i}': f.numpy() for i, f in enumerate(feats)}
+    feed.update({name: t.numpy() for name, t in zip(INPUT_NAMES, rest)})
+    got = [torch.from_numpy(o) for o in session.run(None, feed)]
+    boxes, scores, labels, batch_idx, img_shapes = rest
+    with torch.no_grad():
+        static = refiner(*inputs)
+        eager = refine_boxes(refiner.head, feats, boxes, batch_idx, labels, refiner.cfg, scores=scores,
+                             img_shapes=img_shapes, num_images=num_images)
+    report = {}
+    for name, ref in (('static', static), ('eager', eager)):
+        report[f'max_box_diff_vs_{name}'] = float((got[0] - ref[0]).abs().max())
+        finite = torch.isfinite(ref[1])
+        report[f'max_ebm_score_diff_vs_{name}'] = float((got[1][finite] - ref[1][finite]).abs().max()) \
+            if finite.any() else 0.0
+        report[f'refined_equal_{name}'] = bool(torch.equal(got[3], ref[3]))
+    report['boxes'], report['refined'] = len(boxes), int(got[3].sum())
+    return report
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from ebm_det.deploy import export_onnx
+    refiner = build_refiner(args.config, args.checkpoint, args.device, args.cfg_options)
+    export_onnx(refiner, args.out, opset=args.opset)
+    print(f'[export_onnx] wrote {osp.abspath(args.out)} (opset {args.opset}, T = {refiner.cfg.num_steps})')
+    report = {}
+    if not args.no_check:
+        report = check_with_onnxruntime(refiner, args.out)
+        print('[export_onnx] onnxruntime vs PyTorch: ' + json.dumps(report))
+    return report
+
+
+if __name__ == '__main__':
+    main()
