@@ -111,26 +111,37 @@ def test_refine_boxes_exact_small_case():
 
 
 def test_refine_boxes_keeps_the_input_when_clipping_leaves_it_worse():
-    """Refinement moves a box towards a target outside the image; clipped, the box scores below the
-    input box, so the input box is kept (the score guarantee holds for the box returned)."""
+    """Refinement moves a box towards a target outside the image; clipping keeps it inside the image
+    (each coordinate at most as far outside as the input box's); clipped, a box that scores below
+    the input box is not written back (the score guarantee holds for the box returned)."""
     head = QuadraticHead([40., 0., 80., 30.])  # mostly right of a 48-px-wide image
-    boxes = torch.tensor([[20., 0., 50., 30.]])
-    out = refine_boxes(head, None, boxes, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
-                       RefineConfig(num_steps=1, step_sizes=1.0), img_shapes=torch.tensor([[32, 48]]))
-    # f(input) = -(20^2 + 30^2) / 2 = -650; refined to the target, clipped to (40, 0, 48, 30):
-    # f = -32^2 / 2 = -512 > -650, kept
-    assert out.refined[0] and out.ebm_scores[0] == -512
-    out = refine_boxes(head, None, boxes, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
-                       RefineConfig(num_steps=1, step_sizes=1.0), img_shapes=torch.tensor([[32, 41]]))
-    # clipped to (40, 0, 41, 30): f = -39^2 / 2 = -760.5 < -650: the input box comes back
-    assert not out.refined[0] and torch.equal(out.boxes, boxes) and out.init_scores[0] == -650
+    one, cfg = torch.zeros(1, dtype=torch.long), RefineConfig(num_steps=1, step_sizes=1.0)
+    boxes = torch.tensor([[20., 0., 40., 30.]])  # inside the image; f = -(20^2 + 40^2) / 2 = -1000
+    out = refine_boxes(head, None, boxes, one, one, cfg, img_shapes=torch.tensor([[32, 48]]))
+    # refined to the target, clipped to (40, 0, 48, 30): f = -32^2 / 2 = -512 > -1000, kept
+    assert out.refined[0] and out.boxes.tolist() == [[40., 0., 48., 30.]] and out.ebm_scores[0] == -512
+    # the detector put the box past the border (x2 = 50 > 48, as YOLOX does): clipping alone does not
+    # pull it in, so the refined box may end at x2 = 50: (40, 0, 50, 30), f = -30^2 / 2 = -450
+    crossing = torch.tensor([[20., 0., 50., 30.]])
+    out = refine_boxes(head, None, crossing, one, one, cfg, img_shapes=torch.tensor([[32, 48]]))
+    assert out.refined[0] and out.boxes.tolist() == [[40., 0., 50., 30.]] and out.ebm_scores[0] == -450
+
+    class NarrowPenalty(QuadraticHead):  # f drops by 1000 for boxes narrower than 5 px
+        def score_boxes(self, feats, b, batch_idx, labels, context_boxes=None):
+            return super().score_boxes(feats, b, batch_idx, labels) - 1000 * ((b[:, 2] - b[:, 0]) < 5)
+
+    out = refine_boxes(NarrowPenalty([40., 0., 80., 30.]), None, boxes, one, one, cfg,
+                       img_shapes=torch.tensor([[32, 41]]))
+    # the ascent reaches the target (f = 0); clipped to (40, 0, 41, 30): f = -39^2 / 2 - 1000 = -1760.5
+    # < -1000: the input box comes back
+    assert not out.refined[0] and torch.equal(out.boxes, boxes) and out.init_scores[0] == -1000
 
 
 def test_refine_boxes_never_writes_back_a_box_that_clipping_makes_degenerate():
     """A box moving out of the bottom of a 64 x 64 image (a lost track's prediction): the refined box
     would be clipped to zero height, so the input box comes back, unrefined (issue 12, case 1)."""
     head = QuadraticHead([30., 70., 50., 90.])
-    boxes = torch.tensor([[30., 60., 50., 80.]])
+    boxes = torch.tensor([[30., 44., 50., 64.]])  # inside the image, at its bottom edge
     out = refine_boxes(head, None, boxes, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
                        RefineConfig(num_steps=1, step_sizes=1.0), img_shapes=torch.tensor([[64, 64]]))
     assert out.boxes.tolist() == boxes.tolist() and not out.refined[0] and math.isinf(out.ebm_scores[0])

@@ -132,14 +132,17 @@ def test_refiner_clamps_to_image_and_skips_invalid_boxes():
                           [100., 110., 160., 150.],  # past the bottom-right corner
                           [50., 50., 50., 70.],  # zero width: not refined
                           [float('nan'), 0., 10., 10.],  # not refined, returned as given
-                          [30., 140., 50., 180.]])  # below the image: clipping would make it degenerate
+                          [30., 140., 50., 180.]])  # wholly below the image: not refined
     out, scores = refiner.refine(feats, boxes, (128, 120), labels=torch.zeros(5, dtype=torch.long))
     assert torch.isfinite(out[:3]).all() and torch.isnan(out[3, 0]) and torch.equal(out[4], boxes[4])
     refined = torch.isfinite(scores)
     assert refined[0] and not refined[2:].any()
-    # a refined box is inside the image; one that clipping would leave scoring below its input comes back as given
-    assert (out[refined][:, 0::2] >= 0).all() and (out[refined][:, 0::2] <= 120).all()  # x within the width
-    assert (out[refined][:, 1::2] >= 0).all() and (out[refined][:, 1::2] <= 128).all()  # y within the height
+    # each coordinate of a refined box is inside the image, or at most as far outside as the tracker's
+    # box had it; one that clipping would leave scoring below its input comes back as given; a box
+    # wholly below the image (the last) is not refined
+    frame = torch.tensor([120., 128., 120., 128.])
+    assert (out[refined] >= torch.clamp(boxes[refined], max=0)).all()
+    assert (out[refined] <= torch.maximum(boxes[refined], frame)).all()
     assert refined[1] or torch.equal(out[1], boxes[1])
     assert out[2].tolist() == [50., 50., 50., 70.]
     # boxes in original-image pixels: scale_factor maps them to the input and back
@@ -147,7 +150,7 @@ def test_refiner_clamps_to_image_and_skips_invalid_boxes():
                               scale_factor=(2.0, 2.0))
     torch.testing.assert_close(half * 2, out[:2])
     torch.testing.assert_close(s2, scores[:2])
-    assert (half[refined[:2]][:, 0::2] <= 60).all()
+    assert (half[refined[:2]][:, 0::2] <= torch.clamp(boxes[:2][refined[:2]][:, 0::2] / 2, min=60)).all()
     # nothing to refine
     empty, es = refiner.refine(feats, torch.zeros(0, 4), (128, 120))
     assert empty.shape == (0, 4) and es.shape == (0, )

@@ -3,6 +3,11 @@ the detector's boxes and of the refined boxes side by side (from one run), and s
 refinement made AP or the matched detections' mean IoU worse.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/test.py EBM_CONFIG --detector-only     # the detector alone, before a head is trained
+
+``--detector-only`` takes no checkpoint: the EBM config's ``model.detector_checkpoint`` is loaded
+(strictly) and refinement is off (``test_cfg.enabled=False``), so the refined and the detector's
+metrics are equal and both are the detector's own.
 """
 import argparse
 import json
@@ -21,7 +26,9 @@ from train import setup_cpu_distributed  # the sibling tool (this folder is on s
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test with the mmengine Runner')
     parser.add_argument('config', help='the model config (an mmengine .py config)')
-    parser.add_argument('checkpoint', help='checkpoint (.pth) to load')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint (.pth) to load (none with --detector-only)')
+    parser.add_argument('--detector-only', action='store_true',
+                        help="an EBM config's detector alone: its model.detector_checkpoint, refinement off")
     parser.add_argument('--work-dir', help="logs and outputs (default: the config's work_dir, else "
                         'work_dirs/<config name>)')
     parser.add_argument('--out-json', help='also write the metrics to this JSON file')
@@ -68,16 +75,25 @@ def refinement_losses(metrics: dict, suffix: str = '_init', min_drop: float = MI
 
 def main() -> None:
     args = parse_args()
+    if args.detector_only == bool(args.checkpoint):
+        raise SystemExit('give a CHECKPOINT, or --detector-only (which loads the config\'s detector_checkpoint) without one')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.detector_only:
+        if not cfg.model.get('detector_checkpoint'):
+            raise SystemExit('--detector-only needs an EBM config with model.detector_checkpoint set')
+        cfg.model.setdefault('test_cfg', {})['enabled'] = False
     cfg.load_from = args.checkpoint
     if args.launcher == 'pytorch' and not torch.cuda.is_available():
         setup_cpu_distributed(cfg)
-    metrics = Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    if args.detector_only:
+        getattr(runner.model, 'module', runner.model).init_weights()  # loads detector_checkpoint (the Runner initialises weights only to train)
+    metrics = runner.test()
     if get_rank() != 0:
         return
     table = before_after_table(metrics)

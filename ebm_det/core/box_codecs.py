@@ -53,8 +53,15 @@ class BoxCodec:
     def sizes(self, boxes: Tensor) -> Tensor:
         return boxes[:, self.size_dims]
 
-    def clip(self, boxes: Tensor, img_shapes: Optional[Tensor]) -> Tensor:
-        """Keep (N, D) boxes inside their frame; ``img_shapes`` (N, 2) are (h, w) per box."""
+    def in_frame(self, boxes: Tensor, img_shapes: Tensor) -> Tensor:
+        """(N,) bool: the (N, D) boxes that overlap their frame (``img_shapes`` (N, 2) (h, w)), so
+        have features to be refined on; every box by default (a LiDAR box has no frame)."""
+        return torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+
+    def clip(self, boxes: Tensor, img_shapes: Optional[Tensor], ref: Optional[Tensor] = None) -> Tensor:
+        """Keep (N, D) boxes inside their frame; ``img_shapes`` (N, 2) are (h, w) per box; ``ref``
+        (N, D), the boxes before refinement: a coordinate may stay as far outside the frame as
+        ``ref``'s was, so clipping alone never moves a box the detector put there."""
         return boxes
 
 
@@ -86,11 +93,26 @@ class Box2DCodec(BoxCodec):
         out = tensor.to(device=ref.device, dtype=ref.dtype)
         return type(like)(out) if hasattr(like, 'tensor') else out
 
-    def clip(self, boxes: Tensor, img_shapes: Optional[Tensor]) -> Tensor:
+    def in_frame(self, boxes: Tensor, img_shapes: Tensor) -> Tensor:
+        """(N,) bool: the (N, 4) boxes that overlap their image, [0, w] x [0, h] of ``img_shapes``
+        (N, 2) (h, w), with a positive area (a track predicted wholly out of the frame does not)."""
+        wh = img_shapes.to(boxes).flip(-1)
+        return (boxes[:, :2] < wh).all(-1) & (boxes[:, 2:4] > 0).all(-1)
+
+    def clip(self, boxes: Tensor, img_shapes: Optional[Tensor], ref: Optional[Tensor] = None) -> Tensor:
+        """(N, 4) boxes clipped to [0, w] x [0, h] of ``img_shapes`` (N, 2) (h, w). With ``ref`` (N, 4),
+        the boxes before refinement, each coordinate may stay as far outside the image as ``ref``'s
+        was: a detector that does not clip (YOLOX) may put a box past the border, and clipping
+        alone then never moves it, so the refined box differs from the detector's by refinement
+        only; a coordinate inside the image stays inside."""
         if img_shapes is None:
             return boxes
-        wh = img_shapes.to(boxes).flip(-1)  # (N, 2) (w, h)
-        return torch.minimum(boxes.clamp(min=0), wh.repeat(1, 2))
+        hi = img_shapes.to(boxes).flip(-1).repeat(1, 2)  # (N, 4) (w, h, w, h)
+        lo = torch.zeros_like(hi)
+        if ref is not None:
+            ref = ref.to(boxes)
+            lo, hi = torch.minimum(lo, ref), torch.maximum(hi, ref)
+        return torch.minimum(torch.maximum(boxes, lo), hi)
 
 
 class LiDARBoxCodec(BoxCodec):

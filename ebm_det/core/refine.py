@@ -180,17 +180,22 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
     Returns:
         ``RefinedBoxes``. For every written-back box ``ebm_scores`` is f at the box returned (a
         box that clipping changed is scored again, at the FPN level of its refinement) and at
-        least ``init_scores``. A box that is invalid (``codec.valid``: non-finite, too small), not
-        selected, made invalid by refinement or clipping, or that clipping leaves scoring below
-        its input (below its input + ``cfg.min_gain``), comes back exactly as given, with
-        ``ebm_scores`` -inf and ``refined`` False:
-        no degenerate box is ever written back.
+        least ``init_scores``. A box that is invalid (``codec.valid``: non-finite, too small), wholly
+        outside its image (``codec.in_frame``), not selected, made invalid by refinement or clipping, or that clipping leaves scoring below
+        its input (below its input + ``cfg.min_gain``), or that no step moved (``num_steps=0``,
+        every step reverted), comes back exactly as given, with ``ebm_scores`` -inf and
+        ``refined`` False: no degenerate box is ever written back, and T = 0 changes nothing.
+        Clipping keeps each coordinate inside the image, or as far outside as the input box's was
+        (``codec.clip`` with ``ref``): a box the detector put past the border is not pulled in by
+        clipping alone.
     """
     codec = head.codec
     n = boxes.shape[0]
     if num_images is None:
         num_images = len(img_shapes) if img_shapes is not None else (int(batch_idx.max()) + 1 if n else 0)
     valid = codec.valid(boxes)
+    if img_shapes is not None and n:  # a box wholly outside its image has no features to climb
+        valid &= codec.in_frame(boxes, img_shapes.to(boxes.device)[batch_idx])
     if scores is None:
         sel = valid
     else:
@@ -201,7 +206,7 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
     with amp:
         res = head.refine(feats, start, sel_idx, sel_labels, cfg)
     shapes = None if img_shapes is None else img_shapes.to(boxes.device)[sel_idx]
-    out = codec.clip(res.boxes, shapes)
+    out = codec.clip(res.boxes, shapes, ref=start)
     out_scores = res.scores.float()
     clipped = (out != res.boxes).any(-1)
     if bool(clipped.any()):  # one host sync per call, after the ascent
@@ -209,8 +214,11 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
             out_scores[clipped] = head.score_boxes(feats, out[clipped], sel_idx[clipped], sel_labels[clipped],
                                                    context_boxes=start[clipped]).float()
     init = res.init_scores.float()
-    # refinement or clipping made it degenerate or worse, or it gained less than the gate's margin
-    kept = codec.valid(out) & (out_scores >= init + cfg.gain_margin(sel_labels))
+    # refinement or clipping made it degenerate or worse, or it gained less than the gate's margin;
+    # a box no step moved (T = 0, every step reverted) comes back exactly, not round-tripped
+    # through the box space
+    moved = res.accepted > 0 if res.accepted is not None else torch.ones_like(init, dtype=torch.bool)
+    kept = moved & codec.valid(out) & (out_scores >= init + cfg.gain_margin(sel_labels))
     refined = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     refined[sel] = kept
     new_boxes = boxes.clone()
