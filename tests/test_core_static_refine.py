@@ -202,7 +202,8 @@ def test_full_energy_gradient_in_the_box_space_equals_autograd():
     batch_idx, labels = torch.arange(n) % 2, torch.arange(n) % 3
     levels = map_fpn_levels(ref, 2, finest_scale=16.0)
     assert levels.unique().numel() == 2
-    y = encode_relative_box2d(ref, ref) + 0.01 * torch.randn(n, 4, dtype=f64, generator=torch.Generator().manual_seed(9))
+    noise = torch.randn(n, 4, dtype=f64, generator=torch.Generator().manual_seed(9))
+    y = encode_relative_box2d(ref, ref) + 0.01 * noise
     # autograd: the eager path's chain (channels-first features, the layer's own column order)
     w1_cfirst = mlp.weights[0].reshape(-1, s, s, c).permute(0, 3, 1, 2).reshape(mlp.weights[0].shape[0], -1)
     mlp_cfirst = MLPWeights((w1_cfirst, ) + mlp.weights[1:], mlp.biases)

@@ -54,7 +54,8 @@ def test_head_energy_gradient_equals_autograd_float64():
     refiner = StaticBoxRefiner(head)
     feats, boxes, scores, labels, batch_idx, img_shapes = example_inputs(refiner, 2, 8, (96, 128))
     boxes = torch.cat([boxes, boxes.new_tensor([[-20., -10., 40., 60.], [100., 70., 160., 150.]])])
-    batch_idx, labels = torch.cat([batch_idx, batch_idx.new_tensor([0, 1])]), torch.cat([labels, labels.new_tensor([2, 0])])
+    batch_idx = torch.cat([batch_idx, batch_idx.new_tensor([0, 1])])
+    labels = torch.cat([labels, labels.new_tensor([2, 0])])
     levels = head.map_levels(boxes)
     assert torch.equal(map_fpn_levels(boxes, 3, 16.0), levels) and levels.unique().numel() == 3
     space = RelativeBox2DSpace()
