@@ -89,7 +89,7 @@ if ! has mmdet3d 1.4.0; then
 fi
 missing=""
 for p in numba pyquaternion trimesh pandas scikit-learn cachetools lap trackeval motmetrics hypothesis \
-         matplotlib pytest scipy terminaltables shapely; do
+         matplotlib pytest scipy terminaltables shapely scikit-image; do
   has "$p" || missing="$missing $p"
 done
 [ -z "$missing" ] || { step "installing$missing"; $PIP $missing || die "$missing"; }
