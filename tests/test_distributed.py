@@ -1,6 +1,7 @@
 """Scale-out through the existing engine: tools/dist_train.sh (torchrun + mmengine) with 2 processes
 on the gloo backend, against a 1-process run at the same total batch."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -109,3 +110,48 @@ def test_two_gloo_processes_train_like_one_at_the_same_total_batch(dist_setup, s
         det = torch.load(tmp / 'det.pth', map_location='cpu', weights_only=True)['state_dict']
         for k, v in det.items():
             assert torch.equal(s2['detector.' + k], v), k
+
+
+def test_validation_loss_is_the_same_for_one_and_two_gloo_processes(dist_setup, shapes_root):
+    """rf-detr #1507 / pytorch #22584: 3 validation images (the second without ground truth), batch
+    1. Two processes see image 0 twice (the distributed sampler's padding); mmengine cuts the
+    results to the data set's length, which removes that copy only if the metric keeps one result
+    per sample (it used to keep one per batch with a loss: 10.6337 on one process, 10.7728 on two)."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    tmp = dist_setup / 'val_loss'
+    tmp.mkdir(exist_ok=True)
+    ann = json.loads((shapes_root / 'annotations' / 'instances_val.json').read_text())
+    ids = sorted(im['id'] for im in ann['images'])[:3]
+    ann['images'] = [im for im in ann['images'] if im['id'] in ids]
+    ann['annotations'] = [a for a in ann['annotations'] if a['image_id'] in (ids[0], ids[2])]
+    (tmp / 'val_three.json').write_text(json.dumps(ann))
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save(dict(state_dict=model.state_dict()), tmp / 'ebm.pth')
+    text = f"""
+    test_dataloader = dict(batch_size=1, sampler=dict(type='DefaultSampler', shuffle=False),
+                           dataset=dict(data_root='{shapes_root}/', ann_file='{tmp / 'val_three.json'}'))
+    test_evaluator = [dict(type='EBMLossMetric')]
+    """
+    cfg_path = tiny_shapes_config(tmp, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root,
+                                  extra=textwrap.dedent(text))
+    values = []
+    for processes in (1, 2):
+        out_json = tmp / f'metrics_{processes}.json'
+        opts = [str(cfg_path), str(tmp / 'ebm.pth'), '--work-dir', str(tmp / f'work_{processes}'), '--out-json',
+                str(out_json)]
+        cmd = [sys.executable, 'tools/test.py', *opts] if processes == 1 else \
+            ['bash', 'tools/dist_test.sh', *opts[:2], '2', *opts[2:]]
+        env = dict(os.environ, PORT=str(_free_port()), OMP_NUM_THREADS='1')
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        if processes == 2:
+            log = out.stdout + out.stderr
+            assert 'Distributed training: True' in log and 'Iter(test) [2/2]' in log  # 2 images per process
+        values.append(json.loads(out_json.read_text())['ebm/val_loss'])
+    assert math.isfinite(values[0]) and values[1] == pytest.approx(values[0], rel=1e-6)

@@ -359,3 +359,108 @@ def test_feature_cache_is_refused_by_the_3d_wrapper():
     with pytest.raises(ValueError, match='feature_cache'):
         _build_3d(_ebm_cfg_3d(feature_cache=8).model)
     assert _build_3d(_ebm_cfg_3d(head_updates=2).model).feature_cache is None
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) the MVX family (CenterPoint): point branch named pts_*, extract_feat with the metainfo
+# ---------------------------------------------------------------------------------------------
+def _centerpoint_wrapper(**wrapper):
+    """A tiny pillar CenterPoint (nuScenes-style 9-D boxes with velocities, two tasks, three classes)
+    in an ``EBMRefineDetector3D``."""
+    from mmengine.config import ConfigDict
+    pcr, vs = [0.0, -20.0, -3.0, 40.0, 20.0, 1.0], [0.5, 0.5, 4.0]
+    bn1, bn2 = dict(type='BN1d', eps=1e-3, momentum=0.01), dict(type='BN', eps=1e-3, momentum=0.01)
+    centre_range = [-10, -30, -10, 50, 30, 10]
+    centerpoint = dict(
+        type='CenterPoint',
+        data_preprocessor=dict(type='Det3DDataPreprocessor', voxel=True,
+                               voxel_layer=dict(max_num_points=16, voxel_size=vs, point_cloud_range=pcr,
+                                                max_voxels=(4000, 4000))),
+        pts_voxel_encoder=dict(type='PillarFeatureNet', in_channels=4, feat_channels=[16], with_distance=False,
+                               voxel_size=vs, point_cloud_range=pcr, norm_cfg=bn1, legacy=False),
+        pts_middle_encoder=dict(type='PointPillarsScatter', in_channels=16, output_shape=(80, 80)),
+        pts_backbone=dict(type='SECOND', in_channels=16, out_channels=[16, 32], layer_nums=[1, 1],
+                          layer_strides=[2, 2], norm_cfg=bn2, conv_cfg=dict(type='Conv2d', bias=False)),
+        pts_neck=dict(type='SECONDFPN', in_channels=[16, 32], out_channels=[16, 16], upsample_strides=[1, 2],
+                      norm_cfg=bn2, upsample_cfg=dict(type='deconv', bias=False), use_conv_for_no_stride=True),
+        pts_bbox_head=dict(
+            type='CenterHead', in_channels=32,
+            tasks=[dict(num_class=1, class_names=['car']), dict(num_class=2, class_names=['truck', 'bus'])],
+            common_heads=dict(reg=(2, 2), height=(1, 2), dim=(3, 2), rot=(2, 2), vel=(2, 2)), share_conv_channel=16,
+            bbox_coder=dict(type='CenterPointBBoxCoder', post_center_range=centre_range, max_num=50,
+                            score_threshold=0.0, out_size_factor=2, voxel_size=vs[:2], code_size=9, pc_range=pcr[:2]),
+            separate_head=dict(type='SeparateHead', init_bias=-2.19, final_kernel=3),
+            loss_cls=dict(type='mmdet.GaussianFocalLoss', reduction='mean'),
+            loss_bbox=dict(type='mmdet.L1Loss', reduction='mean', loss_weight=0.25), norm_bbox=True),
+        train_cfg=dict(pts=dict(grid_size=[80, 80, 1], voxel_size=vs, out_size_factor=2, dense_reg=1,
+                                gaussian_overlap=0.1, max_objs=50, min_radius=2, code_weights=[1.0] * 10,
+                                point_cloud_range=pcr)),
+        test_cfg=dict(pts=dict(post_center_limit_range=centre_range, max_per_img=50, max_pool_nms=False,
+                               min_radius=[4, 4], score_threshold=0.0, out_size_factor=2, voxel_size=vs[:2],
+                               nms_type='rotate', pre_max_size=100, post_max_size=20, nms_thr=0.2,
+                               pc_range=pcr[:2])))
+    cfg = dict(type='EBMRefineDetector3D', detector=centerpoint,
+               ebm_head=dict(type='EBMBoxHead3D', in_channels=32, bev_range=BEV_RANGE, fc_channels=32, zh_channels=8,
+                             num_classes=3, loss=dict(type='NCELoss', num_samples=8)),
+               test_cfg=dict(step_sizes=0.05), val_loss=True)
+    torch.manual_seed(0)
+    model = _build_3d(ConfigDict({**cfg, **wrapper}))
+    model.init_weights()
+    return model
+
+
+def _centerpoint_batch():
+    from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(0)
+    points = [torch.rand(3000, 4, generator=g) * torch.tensor([40., 40., 3., 1.]) + torch.tensor([0., -20., -2.5, 0.])
+              for _ in range(2)]
+    samples = []
+    for i in range(2):
+        sample = Det3DDataSample(metainfo=dict(box_type_3d=LiDARInstance3DBoxes, sample_idx=i))
+        boxes = torch.tensor([[10., 2., -1.7, 4., 1.7, 1.5, 0.3, 1.0, 0.5],
+                              [25., -8., -1.6, 8.4, 2.5, 3.0, 2.0, 0., 0.]])
+        sample.gt_instances_3d = InstanceData(bboxes_3d=LiDARInstance3DBoxes(boxes[:2 - i], box_dim=9),
+                                              labels_3d=torch.tensor([0, 2][:2 - i]))
+        samples.append(sample)
+    return dict(inputs=dict(points=points), data_samples=samples)
+
+
+def test_centerpoint_predicts_and_trains_on_its_pts_neck_features():
+    """mmdetection3d #3076 / #691: CenterPoint built inside the wrapper, but predict looked for
+    ``backbone`` and training called ``extract_feat`` without the metainfo."""
+    from mmengine.optim import OptimWrapper
+    from ebm_det.models.refine_detector import feature_module
+    model = _centerpoint_wrapper().eval()
+    assert feature_module(model.detector) is model.detector.pts_neck
+    with torch.no_grad():
+        out = model.test_step(_centerpoint_batch())
+        data = model.data_preprocessor(_centerpoint_batch(), False)
+        _, pts_feats = model.detector.extract_feat(data['inputs'], [s.metainfo for s in data['data_samples']])
+        feats = model.extract_feat(data['inputs'], data['data_samples'])
+    assert all(torch.equal(a, b) for a, b in zip(feats, pts_feats)) and feats[0].shape[1] == 32  # the BEV map
+    for sample, num_gt in zip(out, (2, 1)):
+        pred = sample.pred_instances_3d
+        assert {'bboxes_3d_init', 'scores_3d_init', 'ebm_scores'} <= set(pred.keys())
+        _check(pred, refined_any=True)
+        init, boxes = pred.bboxes_3d_init.tensor, pred.bboxes_3d.tensor
+        assert boxes.shape[1] == 9 and torch.equal(boxes[:, 7:], init[:, 7:])  # velocities pass through
+        assert not torch.equal(boxes[:, :7], init[:, :7])
+        assert pred.labels_3d.max() <= 2  # the two tasks' labels are global: the head scores 3 classes
+        assert sample.ebm_val_num_gt == num_gt and math.isfinite(sample.ebm_val_loss)
+    # training, frozen (K head updates on one detector forward) and joint (CenterHead's losses too)
+    model = _centerpoint_wrapper(head_updates=2)
+    model.train()
+    optim = OptimWrapper(torch.optim.SGD(model.ebm_head.parameters(), lr=0.1))
+    before = model.ebm_head.fc_score.weight.detach().clone()
+    log = model.train_step(_centerpoint_batch(), optim)
+    assert math.isfinite(log['loss_ebm']) and not torch.equal(before, model.ebm_head.fc_score.weight)
+    joint = _centerpoint_wrapper(freeze_detector=False)
+    joint.train()
+    data = joint.data_preprocessor(_centerpoint_batch(), True)
+    losses = joint.loss(data['inputs'], data['data_samples'])
+    assert {'task0.loss_heatmap', 'task1.loss_bbox', 'loss_ebm'} <= set(losses)
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    # its classes are counted over the tasks: a 2-class head does not cover them
+    with pytest.raises(ValueError, match='scores 2 classes.*CenterPoint predicts 3'):
+        _centerpoint_wrapper(ebm_head=dict(type='EBMBoxHead3D', in_channels=32, bev_range=BEV_RANGE, num_classes=2))

@@ -39,6 +39,18 @@ def require_initial_fields(sample: dict) -> None:
                          "tta_model=dict(type='EBMDetTTAModel', ...) instead of DetTTAModel).")
 
 
+def file_prefix_keys(metric: dict) -> list:
+    """The arguments of a metric config that name where it writes result files: every
+    ``*_prefix`` (``outfile_prefix``, ``pklfile_prefix``, ``submission_prefix``, ...) but the key
+    prefix ``prefix``, that is set (not None)."""
+    return [k for k, v in metric.items() if k.endswith('_prefix') and k != 'prefix' and v is not None]
+
+
+def _suffixed(path: str, suffix: str) -> str:
+    """``path`` + ``suffix``; a folder prefix ('results/') becomes 'results<suffix>'."""
+    return (str(path).rstrip('/') or str(path)) + suffix
+
+
 MIN_DROP = 1e-3  # drops of at most this (0.1 AP point, 0.001 IoU) are noise to the warnings
 
 
@@ -74,13 +86,30 @@ class InitialPredictionMetric(BaseMetric):
             '_gain' (``coco_gain/bbox_mAP``), a key mmengine's ``CheckpointHook(save_best=...)``
             and ``EarlyStoppingHook(monitor=...)`` can watch (give them ``rule='greater'``). It
             costs a second evaluation of the wrapped metric. A WARNING is logged for every AP-like
-            result (name containing 'AP') that refinement lowered.
+            result (name containing 'AP') that refinement lowered. Off under ``format_only``
+            (the wrapped metric then computes nothing to compare).
+        file_suffix: appended to every file prefix of the wrapped metric (``outfile_prefix`` of
+            ``CocoMetric``, ``pklfile_prefix`` / ``submission_prefix`` of ``KittiMetric``: every
+            argument named ``*_prefix`` but ``prefix``), so that the detector's boxes are written
+            beside the refined ones instead of over them: with the README's evaluator pattern and
+            ``outfile_prefix=P``, ``P.bbox.json`` holds the refined boxes and ``P_init.bbox.json``
+            the detector's. The copy that ``report_gain`` evaluates writes no file (a temporary
+            folder, as the wrapped metric without a prefix).
+
+    Raises:
+        ValueError: ``file_suffix`` is empty while the wrapped metric writes files (the two
+            results would go to the same files).
     """
 
     def __init__(self, metric: dict, prefix: Optional[str] = None, collect_device: str = 'cpu',
-                 report_gain: bool = False) -> None:
-        self.metric = METRICS.build(metric)
-        self.refined_metric = METRICS.build(metric) if report_gain else None
+                 report_gain: bool = False, file_suffix: str = '_init') -> None:
+        files = file_prefix_keys(metric)
+        if files and not file_suffix:
+            raise ValueError(f'InitialPredictionMetric: the wrapped metric writes files ({", ".join(files)}); '
+                             "file_suffix='' would write the detector's boxes over the refined ones")
+        self.metric = METRICS.build({**metric, **{k: _suffixed(metric[k], file_suffix) for k in files}})
+        report_gain = report_gain and not metric.get('format_only', False)
+        self.refined_metric = METRICS.build({**metric, **{k: None for k in files}}) if report_gain else None
         super().__init__(collect_device=collect_device, prefix=prefix or f'{self.metric.prefix}_init')
         self.gain_prefix = f'{self.metric.prefix}_gain'
 

@@ -11,15 +11,20 @@ from .initial_metric import require_initial_fields, warn_if_worse
 @METRICS.register_module()
 class EBMLossMetric(BaseMetric):
     """The EBM's loss on fixed noise samples around the evaluated set's ground truth
-    (``EBMRefineDetector(val_loss=True)`` writes it per batch): ``ebm/val_loss``, the mean over
+    (``EBMRefineDetector(val_loss=True)`` writes it per image): ``ebm/val_loss``, the mean over
     the valid ground-truth boxes. Lower is better (mmengine's ``CheckpointHook(save_best=
     'ebm/val_loss')`` infers ``rule='less'`` from the name; give ``EarlyStoppingHook``
     ``rule='less'``).
 
+    One result per data sample, in the order of the samples (an image without ground truth gives
+    ``(0.0, 0)``), as mmengine expects: under a distributed sampler the padding copies at the end
+    are cut off by ``collect_results``, so the value is the same for any number of processes (and,
+    each image's loss being computed on its own, for any batch size).
+
     Raises:
-        ValueError: at the first batch that has ground truth but no loss (the model's
-            ``val_loss`` is off, or it is not an ``EBMRefineDetector``); at the end, when no batch
-            had ground truth (the test pipeline does not load it).
+        ValueError: at the first sample that has ground truth but no loss (the model's
+            ``val_loss`` is off, or it is not an ``EBMRefineDetector``); at the end, when no sample
+            carried a loss (the test pipeline does not load ground truth).
     """
     default_prefix = 'ebm'
 
@@ -27,14 +32,14 @@ class EBMLossMetric(BaseMetric):
         super().__init__(collect_device=collect_device, prefix=prefix)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        has_gt = any(len(s.get(k, {}).get(b, ())) for s in data_samples
-                     for k, b in (('gt_instances', 'bboxes'), ('gt_instances_3d', 'bboxes_3d')))
-        if has_gt and not any('ebm_val_num_gt' in s for s in data_samples):
-            raise ValueError('EBMLossMetric: the predictions carry no EBM validation loss: set model.val_loss=True '
-                             '(an EBMRefineDetector)')
         for sample in data_samples:
-            if 'ebm_val_loss' in sample:
-                self.results.append((float(sample['ebm_val_loss']), int(sample['ebm_val_num_gt'])))
+            has_gt = any(len(sample.get(k, {}).get(b, ()))
+                         for k, b in (('gt_instances', 'bboxes'), ('gt_instances_3d', 'bboxes_3d')))
+            if has_gt and 'ebm_val_num_gt' not in sample:
+                raise ValueError('EBMLossMetric: the predictions carry no EBM validation loss: set model.val_loss=True '
+                                 '(an EBMRefineDetector)')
+            num_gt = int(sample.get('ebm_val_num_gt', 0)) if 'ebm_val_loss' in sample else 0
+            self.results.append((float(sample['ebm_val_loss']) if num_gt else 0.0, num_gt))
 
     def compute_metrics(self, results: list) -> dict:
         total = sum(n for _, n in results)

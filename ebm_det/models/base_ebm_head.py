@@ -3,8 +3,11 @@ both in its box type's space (``BoxCodec``). A head for a new box type or featur
 ``prepare_features`` and ``class_scores`` only."""
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import logging
+
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor
 
@@ -23,15 +26,31 @@ class BaseEBMHead(BaseModule):
         default_loss: the head's default loss config.
         registry: the MODELS registry the loss is built in (mmdet's or mmdet3d's).
         max_gt_per_batch: at most this many ground truths (chosen at random) feed the loss per
-            batch, bounding training memory in crowded scenes; None keeps all.
+            batch, bounding training memory in crowded scenes (each costs M noise samples of
+            features and activations: 4,000 boxes grew a process by 20 GB). Default
+            ``DEFAULT_MAX_GT_PER_BATCH`` (256, about twice a 16-image COCO batch's mean); None
+            keeps all (unbounded memory).
+
+    Loading (``_load_from_state_dict``, however the model that carries the head is loaded): a
+    checkpoint with some of the head's weights missing, mis-shaped or unexpected is a RuntimeError;
+    one with none of them is a RuntimeError too unless the head was initialised first
+    (``init_weights``, which mmengine's Runner calls before ``load_from`` in training only), so that
+    ``init_detector``, ``DetInferencer``, ``init_model`` and ``tools/test.py`` never refine with a
+    random head, while training may start from a plain detector checkpoint (a WARNING says the head
+    keeps its initialisation).
+
+    Raises:
+        ValueError: ``max_gt_per_batch`` neither None nor an integer >= 1.
 
     Subclasses set ``self.fc_score`` (the last layer: initialised N(0, 0.001) as in the papers, so
     the first scores are nearly flat) and implement ``prepare_features`` and ``class_scores``;
     ``box_context`` / ``group_order`` when boxes carry context (2D: the FPN level).
     """
 
+    DEFAULT_MAX_GT_PER_BATCH = 256
+
     def __init__(self, codec: BoxCodec, loss: Optional[dict], default_loss: dict, registry,
-                 max_gt_per_batch: Optional[int] = None, init_cfg: Optional[dict] = None) -> None:
+                 max_gt_per_batch: Optional[int] = DEFAULT_MAX_GT_PER_BATCH, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.codec = codec
         if loss is None or (isinstance(loss, dict) and 'type' not in loss and 'method' not in loss):
@@ -42,7 +61,50 @@ class BaseEBMHead(BaseModule):
         if self.noise.sigmas.shape[1] not in (1, codec.dim):
             raise ValueError(f'loss sigmas need 1 or {codec.dim} columns (one per box-space dimension), got '
                              f'{self.noise.sigmas.shape[1]}')
+        if max_gt_per_batch is not None and (isinstance(max_gt_per_batch, bool) or not isinstance(max_gt_per_batch, int)
+                                             or max_gt_per_batch < 1):
+            raise ValueError(f'max_gt_per_batch must be None or an integer >= 1, got {max_gt_per_batch!r}')
         self.max_gt_per_batch = max_gt_per_batch
+
+    def check_covers_classes(self, num_classes: Optional[int], detector: str) -> None:
+        """Raise ValueError unless this head scores every class of a detector that predicts
+        ``num_classes`` classes (None: unknown, not checked). A class-agnostic head (one output)
+        covers any number; a per-class head needs at least ``num_classes`` outputs, or refining a
+        detection of a class past them would index out of bounds at first use."""
+        outputs = self.fc_score.out_features
+        if num_classes is None or outputs == 1 or outputs >= num_classes:
+            return
+        raise ValueError(f'{type(self).__name__} scores {outputs} classes (num_classes={outputs}) but {detector} '
+                         f"predicts {num_classes}: set the EBM head's num_classes to {num_classes} (or one score for "
+                         'every class: class_agnostic=True, EBMBoxHead3D num_classes=1)')
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """The head loads completely or not at all, whatever model carries it and however it is
+        loaded (see the class docstring). Raises RuntimeError naming the missing, unexpected and
+        mis-shaped weights."""
+        own = {prefix + k: v for k, v in self.state_dict().items() if not k.endswith('num_batches_tracked')}
+        problems = dict(
+            missing=[k for k in own if k not in state_dict],
+            unexpected=[k for k in state_dict if k.startswith(prefix) and k not in own
+                        and not k.endswith('num_batches_tracked')],
+            mis_shaped=[k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)])
+        absent = len(problems['missing']) == len(own) and not problems['unexpected']
+        if absent and self.is_init:
+            print_log(f'{type(self).__name__} ({prefix or "top level"}): the checkpoint holds none of its weights; it '
+                      'keeps its initialisation (train it before refining with it)', logger='current',
+                      level=logging.WARNING)
+        elif any(problems.values()):
+            found = '; '.join(f'{kind}: {", ".join(keys[:5])}{" ..." if len(keys) > 5 else ""} ({len(keys)})'
+                              for kind, keys in problems.items() if keys)
+            raise RuntimeError(
+                f'the checkpoint does not fit the EBM head {type(self).__name__} at {prefix or "the top level"}, so '
+                f'its weights would stay random: {found}. Load a checkpoint trained with this head config (a plain '
+                "detector's holds no EBM head: give it to EBMRefineDetector's detector_checkpoint, or train from it "
+                'with load_from, where the Runner initialises the head first); otherwise the config differs from the '
+                "one the checkpoint was trained with (e.g. the head's reduced_channels, fc_channels or num_classes).")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @property
     def space(self):

@@ -41,7 +41,9 @@ class EBMBoxHead(BaseEBMHead):
             beta = 0.1, the papers' K = 3 noise.
         min_box_size: ground truth and detections narrower or lower than this (input pixels) are
             neither trained on nor refined (``Box2DCodec.min_size``).
-        max_gt_per_batch: at most this many GT boxes (chosen at random) feed the loss per batch.
+        max_gt_per_batch: at most this many GT boxes (chosen at random) feed the loss per batch
+            (default 256, ``BaseEBMHead.DEFAULT_MAX_GT_PER_BATCH``, bounding training memory in
+            crowded scenes; None: all, unbounded).
     """
     DEFAULT_LOSS = dict(type='NCEPlusLoss', num_samples=128, beta=0.1)
     POOLINGS = ('grid_sample', 'prroi')
@@ -60,7 +62,7 @@ class EBMBoxHead(BaseEBMHead):
                  class_agnostic: bool = False,
                  loss: Optional[dict] = None,
                  min_box_size: float = 1.0,
-                 max_gt_per_batch: Optional[int] = None,
+                 max_gt_per_batch: Optional[int] = BaseEBMHead.DEFAULT_MAX_GT_PER_BATCH,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(Box2DCodec(min_box_size), loss, self.DEFAULT_LOSS, MODELS, max_gt_per_batch, init_cfg)
         self.num_classes = num_classes

@@ -33,7 +33,9 @@ class EBMBoxHead3D(BaseEBMHead):
             ``Box3DSpace(normalized=True)`` (centre offsets over the box diagonal, log sizes).
         loss: an EBM loss config (``BaseEBMHead``); default ``DEFAULT_LOSS``: NCE, M = 128, as
             ebms_3dod, with its K = 3 noise.
-        max_gt_per_batch: at most this many GT boxes (chosen at random) feed the loss per batch.
+        max_gt_per_batch: at most this many GT boxes (chosen at random) feed the loss per batch
+            (default 256, ``BaseEBMHead.DEFAULT_MAX_GT_PER_BATCH``, bounding training memory in
+            crowded scenes; None: all, unbounded).
     """
     DEFAULT_LOSS = dict(type='NCELoss', num_samples=128)
 
@@ -47,7 +49,7 @@ class EBMBoxHead3D(BaseEBMHead):
                  num_classes: int = 1,
                  normalized_space: bool = False,
                  loss: Optional[dict] = None,
-                 max_gt_per_batch: Optional[int] = None,
+                 max_gt_per_batch: Optional[int] = BaseEBMHead.DEFAULT_MAX_GT_PER_BATCH,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(LiDARBoxCodec(normalized=normalized_space), loss, self.DEFAULT_LOSS, MODELS,
                          max_gt_per_batch, init_cfg)

@@ -11,7 +11,7 @@ from mmdet.utils import ConfigType, InstanceList
 from torch import Tensor
 
 from ebm_det.core import RefineConfig
-from .refine_detector import refine_instances
+from .refine_detector import detector_num_classes, refine_instances
 
 
 @MODELS.register_module()
@@ -20,7 +20,9 @@ class EBMRoIHead(StandardRoIHead):
     and refinement of the final boxes in prediction.
 
     Args:
-        ebm_head: config of an ``EBMBoxHead``.
+        ebm_head: config of an ``EBMBoxHead``; a per-class head must score every class of
+            ``bbox_head`` (else a ValueError when built). A checkpoint without its weights (a plain
+            Faster R-CNN's) is refused by the head when loaded for inference (``BaseEBMHead``).
         ebm_test_cfg: refinement settings, a ``RefineConfig`` as ``EBMRefineDetector``'s
             ``test_cfg`` (checked when built).
         nms_by_ebm: the paper's order (False by default): the per-class boxes before NMS are
@@ -34,6 +36,7 @@ class EBMRoIHead(StandardRoIHead):
                  nms_iou: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ebm_head = MODELS.build(ebm_head)
+        self.ebm_head.check_covers_classes(detector_num_classes(self), f'{type(self).__name__}.bbox_head')
         self.refine_cfg = RefineConfig.build(ebm_test_cfg).check_num_classes(
             getattr(self.ebm_head, 'num_classes', None), 'ebm_test_cfg')
         self.nms_by_ebm = nms_by_ebm

@@ -20,8 +20,29 @@ from ebm_det.core import RefineConfig, RefinedBoxes, refine_boxes
 
 
 def feature_module(detector: torch.nn.Module) -> torch.nn.Module:
-    """The module whose output the EBM reads: the detector's neck, or its backbone without one."""
+    """The module whose output the EBM reads: the detector's neck, or its backbone without one; for
+    mmdet3d's MVX family (``MVXTwoStageDetector``: CenterPoint, MVXNet), which names them
+    ``pts_neck`` / ``pts_backbone``, those of its point branch (its BEV map)."""
+    if hasattr(detector, 'pts_backbone'):
+        return detector.pts_neck if getattr(detector, 'with_pts_neck', False) else detector.pts_backbone
     return detector.neck if getattr(detector, 'with_neck', False) else detector.backbone
+
+
+def detector_num_classes(detector: torch.nn.Module) -> Optional[int]:
+    """The number of classes a detector (or an RoI head) predicts: the largest ``num_classes`` of
+    its box heads (``roi_head.bbox_head``, ``bbox_head``, mmdet3d's ``pts_bbox_head``; every stage
+    of a cascade; a list per task, as CenterPoint's, is summed, its labels being global); None when
+    it has none."""
+    found = []
+    for owner in (detector, getattr(detector, 'roi_head', None)):
+        for name in ('bbox_head', 'pts_bbox_head'):
+            head = getattr(owner, name, None)
+            for h in (head if isinstance(head, torch.nn.ModuleList) else [head]):
+                n = getattr(h, 'num_classes', None)
+                n = sum(n) if isinstance(n, (list, tuple)) else n
+                if isinstance(n, int) and not isinstance(n, bool):
+                    found.append(n)
+    return max(found) if found else None
 
 
 @contextlib.contextmanager
@@ -45,6 +66,14 @@ def detect_with_features(detector, *args, **kwargs) -> Tuple[SampleList, Tuple[T
         raise RuntimeError(f'{type(detector).__name__}.predict did not run its '
                            f'{type(feature_module(detector)).__name__}: no features to refine on')
     return results, store[0]
+
+
+def batch_slice(feats, i: int):
+    """Image ``i`` of a batch of features (a tensor, or a list / tuple of them, batch first), with
+    its batch dimension kept."""
+    if isinstance(feats, (list, tuple)):
+        return type(feats)(batch_slice(f, i) for f in feats)
+    return feats[i:i + 1]
 
 
 def refine_instances(head, feats, preds: Sequence, img_metas: Sequence[dict], cfg: RefineConfig) -> None:
@@ -148,7 +177,8 @@ class EBMRefineDetector(BaseDetector):
 
     Args:
         detector: config of the inner detector (two-stage, one-stage or DETR-family).
-        ebm_head: config of an ``EBMBoxHead``.
+        ebm_head: config of an ``EBMBoxHead``; a per-class head must score every class the
+            detector predicts (``detector_num_classes``), else a ValueError when built.
         detector_checkpoint: a trained checkpoint of the inner detector (a plain mmdet
             checkpoint), loaded by ``init_weights`` instead of the detector's own init (which
             would fetch ImageNet weights).
@@ -164,9 +194,9 @@ class EBMRefineDetector(BaseDetector):
             (CPU) and reuse them when the same network input comes again; keyed by a hash of each
             image's input tensor (after augmentation and padding), so an augmented or differently
             padded view is a new entry, never a stale one. 0 (default): off. Images only.
-        val_loss: also compute the EBM's training loss on noise samples around each batch's
+        val_loss: also compute the EBM's training loss on noise samples around each image's
             ground truth in ``predict`` (validation and test), with fixed noise (seed
-            ``VAL_LOSS_SEED`` per batch) so that epochs compare; ``EBMLossMetric`` reports it as
+            ``VAL_LOSS_SEED`` per image) so that epochs compare; ``EBMLossMetric`` reports it as
             ``ebm/val_loss`` for mmengine's ``save_best`` and ``EarlyStoppingHook``. Needs ground
             truth in the test pipeline, in the original image frame as mmdet's test pipelines load
             it (``LoadAnnotations`` after ``Resize``); boxes go to the input frame by
@@ -219,6 +249,7 @@ class EBMRefineDetector(BaseDetector):
         codec = self.ebm_head.codec
         self.refine_cfg.step_sizes_for(codec.dim, codec.default_step_sizes)  # a ValueError now, not at test time
         self.refine_cfg.check_num_classes(getattr(self.ebm_head, 'num_classes', None))
+        self.ebm_head.check_covers_classes(detector_num_classes(self.detector), type(self.detector).__name__)
         if not isinstance(val_loss, bool):
             raise ValueError(f'val_loss must be True or False, got {val_loss!r}')
         self.val_loss = val_loss
@@ -272,7 +303,9 @@ class EBMRefineDetector(BaseDetector):
             self.detector.eval()  # frozen BN statistics and no dropout, as in the paper
         return self
 
-    def extract_feat(self, batch_inputs) -> Tuple[Tensor, ...]:
+    def extract_feat(self, batch_inputs, batch_data_samples: Optional[SampleList] = None) -> Tuple[Tensor, ...]:
+        """The inner detector's features of a preprocessed batch (what the EBM head reads);
+        ``batch_data_samples`` for detectors whose ``extract_feat`` needs the metainfo."""
         return self.detector.extract_feat(batch_inputs)
 
     # -------------------------------------------------------------------------------- training
@@ -281,18 +314,18 @@ class EBMRefineDetector(BaseDetector):
         gts = [getattr(s, codec.gt_field) for s in batch_data_samples]
         return [getattr(g, codec.box_field) for g in gts], [getattr(g, codec.label_field) for g in gts]
 
-    def frozen_features(self, batch_inputs) -> Tuple[Tensor, ...]:
-        """The frozen detector's features of a preprocessed batch, without gradient, through the
-        feature cache when one is configured."""
+    def frozen_features(self, batch_inputs, batch_data_samples: Optional[SampleList] = None) -> Tuple[Tensor, ...]:
+        """The frozen detector's features of a preprocessed batch (``extract_feat``), without
+        gradient, through the feature cache when one is configured."""
         if self.feature_cache is not None:
             return self.feature_cache.features(batch_inputs, self.detector.extract_feat)
         with torch.no_grad():
-            return self.detector.extract_feat(batch_inputs)
+            return self.extract_feat(batch_inputs, batch_data_samples)
 
     def loss(self, batch_inputs, batch_data_samples: SampleList) -> dict:
         gt_boxes, gt_labels = self._ground_truth(batch_data_samples)
         if self.freeze_detector:
-            return self.ebm_head.loss(self.frozen_features(batch_inputs), gt_boxes, gt_labels)
+            return self.ebm_head.loss(self.frozen_features(batch_inputs, batch_data_samples), gt_boxes, gt_labels)
         with capture_output(feature_module(self.detector)) as store:  # joint: the loss pass's features
             losses = self.detector.loss(batch_inputs, batch_data_samples)
         losses.update(self.ebm_head.loss(store[0], gt_boxes, gt_labels))
@@ -307,7 +340,7 @@ class EBMRefineDetector(BaseDetector):
             return super().train_step(data, optim_wrapper)
         with optim_wrapper.optim_context(self):
             data = self.data_preprocessor(data, True)
-        feats = self.frozen_features(data['inputs'])
+        feats = self.frozen_features(data['inputs'], data['data_samples'])
         gt_boxes, gt_labels = self._ground_truth(data['data_samples'])
         for _ in range(self.head_updates):
             with optim_wrapper.optim_context(self):
@@ -376,11 +409,13 @@ class EBMRefineDetector(BaseDetector):
         return scale_boxes(self.ebm_head.codec.to_tensor(boxes), metainfo['scale_factor'])
 
     def attach_val_loss(self, feats, batch_data_samples: SampleList, results: SampleList) -> SampleList:
-        """With ``val_loss``: the EBM loss of the batch (noise seeded with ``VAL_LOSS_SEED``; every
-        valid ground-truth box, no ``max_gt_per_batch`` subsampling) on the batch's first result as
-        metainfo ``ebm_val_loss`` with ``ebm_val_num_gt``, the number of boxes it averages over
-        (0 and no loss when the batch has none, as at inference, where mmdet's pipelines load no
-        annotations); read by ``EBMLossMetric``. Returns ``results``.
+        """With ``val_loss``: the EBM loss of each image (every valid ground-truth box, no
+        ``max_gt_per_batch`` subsampling; noise seeded with ``VAL_LOSS_SEED`` per image, so an
+        image's loss does not depend on its batch) on its own result as metainfo ``ebm_val_loss``
+        with ``ebm_val_num_gt``, the number of boxes it averages over (0 and no loss when the
+        image has none). One value per image is what ``EBMLossMetric`` needs to give the same
+        ``ebm/val_loss`` for any batch size and number of processes. Batches without annotations
+        (inference: mmdet's pipelines load none) get nothing. Returns ``results``.
         """
         if not self.val_loss or not results:
             return results
@@ -388,17 +423,19 @@ class EBMRefineDetector(BaseDetector):
         if any(codec.gt_field not in s for s in batch_data_samples):
             return results  # inference without annotations; EBMLossMetric raises if nothing carried the loss
         gt_boxes, gt_labels = self._ground_truth(batch_data_samples)
-        gt_boxes = [self.ground_truth_in_input_frame(b, s.metainfo) for b, s in zip(gt_boxes, batch_data_samples)]
-        num_gt = sum(int(codec.valid(b).sum()) for b in gt_boxes)  # validation only: a host sync is fine
-        if num_gt == 0:
-            results[0].set_metainfo(dict(ebm_val_num_gt=0))  # computed, nothing to average
-            return results
-        device = feats[0].device
-        # no parameter graph (a loss that needs gradients in the boxes enables them itself)
-        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), torch.no_grad():
-            torch.manual_seed(self.VAL_LOSS_SEED)
-            loss = self.ebm_head.loss(feats, gt_boxes, gt_labels, subsample=False)['loss_ebm']
-        results[0].set_metainfo(dict(ebm_val_loss=float(loss), ebm_val_num_gt=num_gt))
+        for i, (result, sample) in enumerate(zip(results, batch_data_samples)):
+            boxes = self.ground_truth_in_input_frame(gt_boxes[i], sample.metainfo)
+            num_gt = int(codec.valid(boxes).sum())  # validation only: a host sync is fine
+            if num_gt == 0:
+                result.set_metainfo(dict(ebm_val_num_gt=0))  # computed, nothing to average
+                continue
+            image_feats = batch_slice(feats, i)
+            device = self.ebm_head.fc_score.weight.device
+            # no parameter graph (a loss that needs gradients in the boxes enables them itself)
+            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), torch.no_grad():
+                torch.manual_seed(self.VAL_LOSS_SEED)
+                loss = self.ebm_head.loss(image_feats, [boxes], [gt_labels[i]], subsample=False)['loss_ebm']
+            result.set_metainfo(dict(ebm_val_loss=float(loss), ebm_val_num_gt=num_gt))
         return results
 
     def _forward(self, batch_inputs, batch_data_samples: OptConfigType = None):

@@ -18,10 +18,18 @@ class EBMDetTTAModel(DetTTAModel):
     (flipped back the same way), ``scores_init`` and ``ebm_scores``: the before/after pair stays
     the same detections, as without TTA.
 
+    The merged predictions are in the original, unflipped image, so the merged data sample is the
+    first unflipped view's (``metainfo['flip']`` False): its ground truth, metainfo and validation
+    loss (``ebm_val_loss``) are those of a test without TTA. mmdet's ``DetTTAModel`` returns the
+    first view's, which under mmdet's default flip TTA (``RandomFlip(prob=1.)`` first) carries the
+    mirrored ground truth, so every metric that reads it (``RefinementLocalisationMetric``,
+    ``ebm/val_loss``) would compare against the wrong boxes.
+
     Args: as ``DetTTAModel`` (``tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)``).
 
     Raises:
-        ValueError: a view without ``bboxes_init`` (the wrapped model is not an EBM refine detector).
+        ValueError: a view without ``bboxes_init`` (the wrapped model is not an EBM refine
+            detector); no unflipped view (add ``RandomFlip(prob=0.)`` to the TTA pipeline's flips).
     """
 
     def _merge_single_sample(self, data_samples) -> DetDataSample:
@@ -30,9 +38,10 @@ class EBMDetTTAModel(DetTTAModel):
         if any('bboxes_init' not in p for p in preds):
             raise ValueError('EBMDetTTAModel merges the before/after fields of an EBMRefineDetector; a view has no '
                              "bboxes_init: wrap the model with mmdet's DetTTAModel instead")
+        result = self.reference_view(data_samples)
         bboxes, scores = self.merge_aug_bboxes([p.bboxes for p in preds], [p.scores for p in preds], metas)
         if bboxes.numel() == 0:
-            return data_samples[0]
+            return result
         init = self.merge_aug_bboxes([p.bboxes_init for p in preds], None, metas)
         labels = torch.cat([p.labels for p in preds])
         _, keep = batched_nms(bboxes, scores, labels, self.tta_cfg.nms)
@@ -41,6 +50,16 @@ class EBMDetTTAModel(DetTTAModel):
         for field in ('scores_init', 'ebm_scores', 'ebm_init_scores'):
             if all(field in p for p in preds):
                 merged[field] = torch.cat([p[field] for p in preds])[keep]
-        result = data_samples[0]
         result.pred_instances = merged
         return result
+
+    @staticmethod
+    def reference_view(data_samples) -> DetDataSample:
+        """The first view that is not flipped (``metainfo.get('flip', False)``): the frame of the
+        merged predictions. Raises ValueError if every view is flipped."""
+        for sample in data_samples:
+            if not sample.metainfo.get('flip', False):
+                return sample
+        raise ValueError(f'EBMDetTTAModel: all {len(data_samples)} views of an image are flipped, so none carries the '
+                         'ground truth and metainfo of the original image that the merged predictions are in; add '
+                         "dict(type='RandomFlip', prob=0.) to the flips of the TTA pipeline")

@@ -10,7 +10,7 @@ from mmdet.models.mot import ByteTrack, DeepSORT
 from mmdet.registry import MODELS
 
 from ebm_det.core import RefineConfig
-from ebm_det.models.refine_detector import EBMRefineDetector, detect_with_features
+from ebm_det.models.refine_detector import EBMRefineDetector, detect_with_features, detector_num_classes
 from .refiner import EBMBoxRefiner
 
 
@@ -29,6 +29,7 @@ class EBMTrackingMixin:
         if ebm_head is not None:
             self.ebm_head = MODELS.build({'_scope_': 'mmdet', **ebm_head})
             head = self.ebm_head
+            head.check_covers_classes(detector_num_classes(det), type(det).__name__)  # ValueError
         elif isinstance(det, EBMRefineDetector):
             head = det.ebm_head
         else:
