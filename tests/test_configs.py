@@ -23,5 +23,9 @@ def test_config_builds(name):
         evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
         assert 'InitialPredictionMetric' in [e['type'] for e in evaluators]
         if cfg.model.type == 'EBMRefineDetector':  # mmdet's --tta must keep the before/after pairs
-            assert cfg.tta_model.type == 'EBMDetTTAModel' and cfg.tta_model.tta_cfg.nms.iou_threshold == 0.5
+            # merged with the NMS IoU of the detector's own test (mmdet's: 0.5 for R-CNNs, 0.65 for YOLOX)
+            det_test = cfg.model.detector.get('test_cfg') or {}
+            nms = (det_test.get('rcnn') or det_test).get('nms') or dict(iou_threshold=0.5)
+            assert cfg.tta_model.type == 'EBMDetTTAModel'
+            assert cfg.tta_model.tta_cfg.nms.iou_threshold == nms['iou_threshold']
     assert DefaultScope.get_current_instance().scope_name == scope
