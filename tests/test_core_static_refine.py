@@ -298,6 +298,7 @@ def test_static_loop_equals_refine_boxes_on_a_quadratic(cfg):
     boxes[7, 2] = boxes[7, 0] + 0.5  # too narrow: never refined
     boxes[8, 1] = float('nan')
     target[8] = 0.0
+    boxes[10] = torch.tensor([75., 70., 90., 85.], dtype=f64)  # wholly outside its image (w = 50): never refined
     batch_idx = torch.arange(n) % 3
     labels = torch.arange(n) % 3
     scores = torch.rand(n, generator=g, dtype=f64).float()
@@ -310,7 +311,7 @@ def test_static_loop_equals_refine_boxes_on_a_quadratic(cfg):
     torch.testing.assert_close(out.ebm_scores, expected.ebm_scores, rtol=0, atol=1e-6)
     torch.testing.assert_close(out.init_scores, expected.init_scores, rtol=0, atol=1e-6)
     assert torch.equal(out.refined, expected.refined)
-    assert not out.refined[7] and not out.refined[8]
+    assert not out.refined[7] and not out.refined[8] and not out.refined[10]
     assert out.refined.any() and (~out.refined).sum() > 2
 
 

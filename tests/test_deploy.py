@@ -78,8 +78,9 @@ def test_head_energy_gradient_equals_autograd_float64():
 @pytest.mark.parametrize('case', ['default', 'gate_and_caps', 'tol', 'agnostic_reduced'])
 def test_static_refiner_equals_refine_boxes(case):
     """Boxes, f at the output box, f at the input box and the refined flags of ``refine_boxes``:
-    random boxes of three images (some across the border, one too small, one NaN), the papers'
-    revert-and-halve rule, clipping, per-class gates, selection caps, early convergence."""
+    random boxes of three images (some across the border, one too small, one NaN, one outside the
+    image), the papers' revert-and-halve rule, clipping, per-class gates, selection caps, early
+    convergence."""
     cfgs = dict(default=(RefineConfig(num_steps=5, step_sizes=0.05), {}),
                 gate_and_caps=(RefineConfig(num_steps=4, step_sizes=(0.04, 0.04, 0.1, 0.1), decay=0.25,
                                             score_thr=0.3, max_per_img=4, min_gain=(0.0, 0.02, 0.0)), {}),
@@ -93,6 +94,7 @@ def test_static_refiner_equals_refine_boxes(case):
     boxes[0] = torch.tensor([-15., -10., 60., 50.])  # across the border: clipped
     boxes[4, 2] = boxes[4, 0] + 0.5  # under min_size
     boxes[9, 3] = float('nan')
+    boxes[12] = torch.tensor([170., 10., 200., 40.])  # wholly outside its 160 px wide image
     got, expected = _assert_same_as_eager(refiner, tuple(inputs))
     assert expected.refined.sum() >= 3 and (~expected.refined).sum() >= 2
     assert not torch.equal(got[0][expected.refined], boxes[expected.refined])

@@ -15,8 +15,8 @@ computes the same thing with plain forward ops:
   transposed weights and the ReLU masks;
 - ``relative_box2d_grad``: from pixel corners to ``RelativeBox2DSpace`` (cx/w0, cy/h0, log w,
   log h);
-- ``static_refine_boxes_2d``: ``refine.refine_boxes`` for 2D boxes (select -> T steps, revert and
-  halve -> clip -> moved, validity and gain gate) with fixed T, ``torch.where`` for every per-box
+- ``static_refine_boxes_2d``: ``refine.refine_boxes`` for 2D boxes (valid and in the image, select ->
+  T steps, revert and halve -> clip -> moved, validity and gain gate) with fixed T, ``torch.where`` for every per-box
   decision and no host sync or data-dependent shape.
 
 Only bilinear sampling is covered: Precise RoI Pooling (``pooling='prroi'``) stays autograd-only.
@@ -269,7 +269,10 @@ def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, 
     if cfg.autocast is not None:
         raise ValueError('static_refine_boxes_2d runs in the dtype of its inputs; autocast is not supported')
     n = boxes.shape[0]
+    shapes = None if img_shapes is None else img_shapes.to(boxes.device)[batch_idx]
     valid = codec.valid(boxes)
+    if shapes is not None:  # a box wholly outside its image has no features to climb
+        valid = valid & codec.in_frame(boxes, shapes)
     sel = valid if scores is None else select_for_refinement_static(scores, valid, batch_idx, cfg.score_thr,
                                                                     cfg.max_per_img)
     stand_in = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(n, 4)  # any valid box; its results are dropped
@@ -305,7 +308,6 @@ def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, 
         if cfg.tol > 0:
             active = active & ((lam * grad).abs().amax(-1) >= cfg.tol)
     ascended = decode(y, ref).to(boxes.dtype)
-    shapes = None if img_shapes is None else img_shapes.to(boxes.device)[batch_idx]
     out = codec.clip(ascended, shapes, ref=start)
     clipped = (out != ascended).any(-1)
     rescored, _ = energy(out, start, False)  # f where clipping moved the box, at its refinement's level
