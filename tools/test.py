@@ -75,7 +75,9 @@ def refinement_losses(metrics: dict, suffix: str = '_init', min_drop: float = MI
 
 def main() -> None:
     args = parse_args()
-    if args.detector_only == bool(args.checkpoint):
+    if args.detector_only and args.checkpoint:
+        raise SystemExit('--detector-only takes no CHECKPOINT: it loads the config\'s model.detector_checkpoint')
+    if not args.detector_only and not args.checkpoint:
         raise SystemExit('give a CHECKPOINT, or --detector-only (which loads the config\'s detector_checkpoint) without one')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
@@ -85,7 +87,8 @@ def main() -> None:
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.detector_only:
         if not cfg.model.get('detector_checkpoint'):
-            raise SystemExit('--detector-only needs an EBM config with model.detector_checkpoint set')
+            raise SystemExit('--detector-only needs an EBM config with model.detector_checkpoint set '
+                             '(or --cfg-options model.detector_checkpoint=PATH)')
         cfg.model.setdefault('test_cfg', {})['enabled'] = False
     cfg.load_from = args.checkpoint
     if args.launcher == 'pytorch' and not torch.cuda.is_available():
@@ -98,7 +101,9 @@ def main() -> None:
         return
     table = before_after_table(metrics)
     if table:
-        print('\nBefore (detector) vs after (EBM refinement):\n' + table)
+        title = 'The detector alone (refinement off: both columns are its boxes)' if args.detector_only else \
+            'Before (detector) vs after (EBM refinement)'
+        print(f'\n{title}:\n' + table)
     worse = refinement_losses(metrics)
     if worse:
         print('\n' + '!' * 78 + '\n!!! EBM refinement lowered, on the evaluated set: ' + '; '.join(worse) +

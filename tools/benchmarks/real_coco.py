@@ -32,7 +32,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--iters', type=int, help="EBM training iterations (default: the config's)")
     p.add_argument('--calib', type=int, default=48, help='training images held out to calibrate the gate')
     p.add_argument('--work', default='work_dirs/real_coco', help='work dir (each step is skipped when its output is there)')
-    p.add_argument('--out', default='docs/figures/real_coco.md', help='markdown table (the picture beside it)')
+    p.add_argument('--out', default='docs/figures/real_coco.md',
+                   help='markdown table (the picture beside it); the default is the shipped figure')
     p.add_argument('--options', nargs='*', default=[], help='config options (k=v) for training and testing the head')
     return p.parse_args()
 
@@ -164,8 +165,8 @@ def table(args, m: dict, g: dict, margin: float, minutes: float, t: dict, sizes:
     lines.append(f"| mean IoU of matched detections | {m['refine/iou_init']:.3f} | {m['refine/iou']:.3f} | "
                  f"{m['refine/iou'] - m['refine/iou_init']:+.3f} | {g['refine/iou']:.3f} | "
                  f"{g['refine/iou'] - g['refine/iou_init']:+.3f} |")
-    lines.append(f"| matched detections moved away | | {100 * m['refine/worse']:.0f}% of {m['refine/matched']:.0f} | | "
-                 f"{100 * g['refine/worse']:.0f}% | |")
+    away = lambda d: f"{100 * d['refine/worse']:.1f}% ({round(d['refine/worse'] * d['refine/matched'])} of {d['refine/matched']:.0f})"  # noqa: E731,E501
+    lines.append(f"| matched detections moved away | | {away(m)} | | {away(g)} | |")
     margin_s = 'inf (refinement off)' if margin == float('inf') else f'{margin:.2f}'
     lines += ['', f'Gate: `model.test_cfg.min_gain` = {margin_s}. Time per val image (batch 1, {t["threads"]} threads, '
               f'`torch.utils.benchmark`, first {t["images"]} images): detector {t["detector_ms"]:.0f} ms, refinement '
@@ -179,6 +180,13 @@ def main() -> None:
     if not DATA.is_dir():
         raise SystemExit(f'{DATA} not found: this benchmark needs the shared real-data folder (../shared/data)')
     work = ROOT / args.work
+    settings = dict(iters=args.iters, calib=args.calib, options=args.options)
+    known = work / 'settings.json'
+    if known.exists() and json.loads(known.read_text()) != settings:
+        raise SystemExit(f'{work} holds a run with other settings ({known.read_text()}): its cached steps would be '
+                         'reused under this command; give a new --work')
+    work.mkdir(parents=True, exist_ok=True)
+    known.write_text(json.dumps(settings))
     sizes = split(work, args.calib)
     ckpt, minutes = train(args, work, sizes['train'][0])
     m = test(args, work, ckpt, 'nogate')

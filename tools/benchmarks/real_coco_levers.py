@@ -48,11 +48,14 @@ LEVERS = {
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--levers', nargs='+', default=['base'], help=f'of {sorted(LEVERS)}; join with + to combine')
+    p.add_argument('--levers', nargs='+', default=['base'],
+                   help='join with + to combine: ' + '; '.join(f'{k}: {json.dumps(v[0]) if v[0] else ""}'
+                                                               f'{" x" + str(v[1]) + " of the images" if v[1] else ""}'
+                                                               for k, v in LEVERS.items()))
     p.add_argument('--iters', type=int, default=800, help='head training iterations (batch 4)')
     p.add_argument('--calib', type=int, default=48, help='training images held out (the last in image-id order)')
     p.add_argument('--steps', type=int, default=5, help='T for the sanity cases')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='seed of the head initialisation and the batch draws')
     p.add_argument('--work', default='work_dirs/real_coco_levers', help='cache and heads')
     p.add_argument('--out', default='docs/figures/real_coco_levers.md', help='markdown table')
     return p.parse_args()
@@ -222,7 +225,7 @@ def main() -> None:
     rows = []
     for name in args.levers:
         changes, frac = lever_config(name)
-        result = work / f'{name}_it{args.iters}_s{args.seed}.json'
+        result = work / f'{name}_it{args.iters}_s{args.seed}_calib{args.calib}_T{args.steps}.json'
         if not result.exists():
             torch.manual_seed(args.seed)
             head = MODELS.build({**cfg.model.ebm_head, **changes})

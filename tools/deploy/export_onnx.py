@@ -23,6 +23,7 @@ the largest difference to PyTorch's eager refinement (``ebm_det.core.refine_boxe
 docs/user_guides/deploy.md says how to deploy.
 """
 import argparse
+import os
 import json
 import os.path as osp
 
@@ -96,6 +97,9 @@ def check_with_onnxruntime(refiner, path: str, num_images: int = 3, boxes_per_im
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from ebm_det.deploy import export_onnx
+    if not args.checkpoint or not os.path.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint {args.checkpoint!r} not found: give a trained EBM checkpoint of the config '
+                         '(make demo writes work_dirs/demo/ebm/last_checkpoint, which names it)')
     refiner = build_refiner(args.config, args.checkpoint, args.device, args.cfg_options)
     export_onnx(refiner, args.out, opset=args.opset)
     print(f'[export_onnx] wrote {osp.abspath(args.out)} (opset {args.opset}, T = {refiner.cfg.num_steps})')
