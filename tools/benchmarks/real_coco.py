@@ -15,6 +15,7 @@ Writes ``--out`` (markdown) and a picture of a val image before/after beside it.
 skipped when its output exists in ``--work``.
 """
 import argparse
+import copy
 import json
 import shlex
 import subprocess
@@ -130,8 +131,9 @@ def timing(args, work: Path, ckpt: str, images: int = 16) -> dict:
                              globals=dict(model=model, inputs=inputs, samples=samples)).blocked_autorange(min_run_time=0.5).median)
             results, feats = model.detect(inputs, samples, rescale=False, refine=False)
         # refine a fresh copy each time (refinement writes into its results)
-        ref.append(Timer('model.refine(feats, [r.clone() for r in results])',
-                         globals=dict(model=model, feats=feats, results=results)).blocked_autorange(min_run_time=0.5).median)
+        ref.append(Timer('model.refine(feats, copy.deepcopy(results))',  # DetDataSample.clone is shallow
+                         globals=dict(model=model, feats=feats, results=results, copy=copy)).blocked_autorange(
+                             min_run_time=0.5).median)
     res = dict(detector_ms=1e3 * sum(det) / images, refine_ms=1e3 * sum(ref) / images, images=images,
                threads=torch.get_num_threads())
     out.write_text(json.dumps(res))

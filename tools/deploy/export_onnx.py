@@ -1,7 +1,7 @@
 """Export a 2D EBM detector's refinement as an ONNX graph (run it with onnxruntime beside the detector).
 
     python tools/deploy/export_onnx.py CONFIG CHECKPOINT --out refine.onnx [--opset 18] [--no-check]
-        [--device cpu] [--cfg-options k=v ...]
+        [--device cpu] [--check-ap] [--cfg-options k=v ...]
 
 The graph is ``ebm_det.deploy.StaticBoxRefiner`` on the checkpoint's ``EBMBoxHead`` with the
 config's ``test_cfg`` (T, step sizes, decay, tol, score_thr, max_per_img, min_gain baked in):
@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--opset', type=int, default=18, help='ONNX opset (>= 17)')
     p.add_argument('--device', default='cpu', help='where the model is traced')
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime run against PyTorch')
+    p.add_argument('--check-ap', action='store_true',
+                   help="also refine the config's test set by the eager path and by the graph in onnxruntime "
+                   '(one detector pass) and print both COCO APs')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (key=value ...)')
     args = p.parse_args(argv)
     if args.opset < 17:
@@ -94,6 +97,64 @@ def check_with_onnxruntime(refiner, path: str, num_images: int = 3, boxes_per_im
     return report
 
 
+def check_ap(config, checkpoint: str, path: str, cfg_options=None) -> dict:
+    """COCO AP of the config's test set refined by the eager path (``EBMRefineDetector.refine``)
+    and by the ONNX graph in onnxruntime (CPU), from the same detector pass per batch (the
+    config's own test dataloader and evaluator; rescaled as ``EBMRefineDetector.rescale``)."""
+    import copy
+
+    import onnxruntime as ort
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+    from mmengine.evaluator import Evaluator
+    from mmengine.runner import Runner
+    from mmengine.structures import InstanceData
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    model = init_detector(cfg, checkpoint, device='cpu')
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    levels = len(model.ebm_head.featmap_strides)
+    loader = Runner.build_dataloader(cfg.test_dataloader)
+    # the stack's own metric (the first of an EBM config's list): the refined boxes of each path
+    metric = cfg.test_evaluator[0] if isinstance(cfg.test_evaluator, (list, tuple)) else cfg.test_evaluator
+    evaluators = {k: Evaluator(copy.deepcopy(metric)) for k in ('eager', 'onnxruntime')}
+    for ev in evaluators.values():
+        ev.dataset_meta = loader.dataset.metainfo
+    diffs = []
+    for batch in loader:
+        data = model.data_preprocessor(batch, False)
+        with torch.no_grad():
+            results, feats = model.detect(data['inputs'], data['data_samples'], rescale=False, refine=False)
+        onnx_results = copy.deepcopy(results)  # DetDataSample.clone shares its pred_instances
+        model.refine(feats, results)
+        preds = [r.pred_instances for r in onnx_results]
+        counts = [len(p) for p in preds]
+        feed = {f'feat_{i}': feats[i].numpy() for i in range(levels)}
+        feed.update(boxes=torch.cat([p.bboxes for p in preds]).float().numpy(),
+                    scores=torch.cat([p.scores for p in preds]).float().numpy(),
+                    labels=torch.cat([p.labels for p in preds]).long().numpy(),
+                    batch_idx=torch.repeat_interleave(torch.arange(len(preds)), torch.tensor(counts)).numpy(),
+                    img_shapes=torch.tensor([r.metainfo['img_shape'][:2] for r in onnx_results]).numpy())
+        boxes, ebm, ebm0, _ = (torch.from_numpy(o) for o in session.run(None, feed))
+        for r, p, b, e, e0 in zip(onnx_results, preds, boxes.split(counts), ebm.split(counts), ebm0.split(counts)):
+            r.pred_instances = InstanceData(bboxes=b.to(p.bboxes), scores=p.scores, labels=p.labels,
+                                            bboxes_init=p.bboxes, scores_init=p.scores, ebm_scores=e,
+                                            ebm_init_scores=e0)
+        for r, o in zip(results, onnx_results):
+            d = (r.pred_instances.bboxes - o.pred_instances.bboxes).abs().amax(-1) if len(r.pred_instances) else \
+                torch.zeros(0)
+            diffs.append(d)
+        for name, res in (('eager', results), ('onnxruntime', onnx_results)):
+            model.rescale(res)
+            evaluators[name].process(data_samples=res, data_batch=batch)
+    d = torch.cat(diffs)
+    out = {name: ev.evaluate(len(loader.dataset)) for name, ev in evaluators.items()}
+    out['boxes'] = dict(count=float(len(d)), max_diff_px=float(d.max()) if len(d) else 0.0,
+                        over_0_01_px=float((d > 0.01).sum()))
+    return out
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from ebm_det.deploy import export_onnx
@@ -107,6 +168,14 @@ def main(argv=None) -> dict:
     if not args.no_check:
         report = check_with_onnxruntime(refiner, args.out)
         print('[export_onnx] onnxruntime vs PyTorch: ' + json.dumps(report))
+    if args.check_ap:
+        metrics = check_ap(args.config, args.checkpoint, args.out, args.cfg_options)
+        report['ap'] = {name: {k: v for k, v in m.items() if isinstance(v, float)} for name, m in metrics.items()}
+        print('[export_onnx] refined boxes, onnxruntime vs eager (network-input px): ' + json.dumps(metrics['boxes']))
+        keys = [k for k in report['ap']['eager'] if k.endswith('bbox_mAP') or k.endswith('bbox_mAP_75')]
+        for k in keys:
+            print(f"[export_onnx] {k}: eager {report['ap']['eager'][k]:.4f}, onnxruntime "
+                  f"{report['ap']['onnxruntime'][k]:.4f}")
     return report
 
 
