@@ -8,7 +8,7 @@ from torch.autograd import gradcheck
 
 from ebm_det.core import Box2DCodec, RefineConfig, RelativeBox2DSpace, refine_boxes, select_for_refinement
 from ebm_det.core.sampling import roi_grid_sample
-from ebm_det.core.static_refine import (MLPWeights, encode_relative_box2d, flatten_pyramid, map_fpn_levels,
+from ebm_det.core.static_refine import (MLPWeights, flatten_pyramid, map_fpn_levels,
                                         mlp_score_and_grad, relative_box2d_grad, roi_grid_box_grad,
                                         roi_grid_features, select_for_refinement_static, static_refine_boxes_2d)
 
@@ -183,7 +183,7 @@ def test_relative_box2d_grad_and_encode():
     ref = _random_boxes(5, seed=4)
     boxes = _random_boxes(5, seed=6)
     y = space.encode(boxes, ref)
-    torch.testing.assert_close(encode_relative_box2d(boxes, ref), y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(space.encode(boxes, ref, check=False), y, rtol=0, atol=1e-12)
     g_boxes = torch.randn(5, 4, dtype=f64)
     yy = y.clone().requires_grad_(True)
     expected, = torch.autograd.grad((space.decode(yy, ref) * g_boxes).sum(), yy)
@@ -203,7 +203,7 @@ def test_full_energy_gradient_in_the_box_space_equals_autograd():
     levels = map_fpn_levels(ref, 2, finest_scale=16.0)
     assert levels.unique().numel() == 2
     noise = torch.randn(n, 4, dtype=f64, generator=torch.Generator().manual_seed(9))
-    y = encode_relative_box2d(ref, ref) + 0.01 * noise
+    y = RelativeBox2DSpace().encode(ref, ref) + 0.01 * noise
     # autograd: the eager path's chain (channels-first features, the layer's own column order)
     w1_cfirst = mlp.weights[0].reshape(-1, s, s, c).permute(0, 3, 1, 2).reshape(mlp.weights[0].shape[0], -1)
     mlp_cfirst = MLPWeights((w1_cfirst, ) + mlp.weights[1:], mlp.biases)

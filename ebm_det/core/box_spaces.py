@@ -59,10 +59,13 @@ class RelativeBox2DSpace(IdentitySpace):
     def _ref_size(ref: Tensor) -> Tensor:
         return (ref[..., 2:] - ref[..., :2])
 
-    def encode(self, boxes: Tensor, ref: Tensor) -> Tensor:
+    def encode(self, boxes: Tensor, ref: Tensor, check: bool = True) -> Tensor:
+        """Boxes (..., 4) -> y (..., 4) relative to ``ref``. ``check``: raise ValueError on a box or
+        reference of zero width or height (a host sync; a fixed-shape graph that passes only
+        valid boxes sets False)."""
         wh = boxes[..., 2:] - boxes[..., :2]
         ref_wh = self._ref_size(ref)
-        if wh.numel() and not bool((wh > 0).all() & (ref_wh > 0).all()):
+        if check and wh.numel() and not bool((wh > 0).all() & (ref_wh > 0).all()):
             raise ValueError('RelativeBox2DSpace needs boxes with positive width and height; '
                              'filter zero-area boxes before encoding')
         ctr = (boxes[..., :2] + boxes[..., 2:]) * 0.5

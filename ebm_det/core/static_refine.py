@@ -210,12 +210,6 @@ def relative_box2d_grad(grad_boxes: Tensor, y: Tensor, ref: Tensor) -> Tensor:
     return torch.cat([(g1 + g2) * ref_wh, (g2 - g1) * half], dim=1)
 
 
-def encode_relative_box2d(boxes: Tensor, ref: Tensor) -> Tensor:
-    """``RelativeBox2DSpace.encode`` without its host-side check (the caller passes valid boxes)."""
-    ctr = (boxes[:, :2] + boxes[:, 2:]) * 0.5
-    return torch.cat([ctr / (ref[:, 2:] - ref[:, :2]), (boxes[:, 2:] - boxes[:, :2]).log()], dim=1)
-
-
 def select_for_refinement_static(scores: Tensor, valid: Tensor, batch_idx: Tensor, score_thr: float,
                                  max_per_img: int) -> Tensor:
     """``refine.select_for_refinement`` without ``bincount`` (whose size depends on the data): (N,) bool,
@@ -278,7 +272,7 @@ def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, 
     stand_in = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(n, 4)  # any valid box; its results are dropped
     start = torch.where(sel[:, None], boxes, stand_in)
     ref = start
-    y = encode_relative_box2d(start, ref)
+    y = codec.space.encode(start, ref, check=False)  # every row valid: the selected box or the stand-in
     # RefineConfig checked the values when it was built (and step_sizes_for their number); re-checking
     # them here would be Python control flow on every trace
     lam = y.new_tensor(codec.default_step_sizes if cfg.step_sizes is None else cfg.step_sizes).expand(n, codec.dim)
