@@ -8,7 +8,7 @@ benchmark's data and backbone (the half-width R18-FPN of the shapes configs):
 * Cascade R-CNN + EBM: a Cascade R-CNN trained for the Faster R-CNN's time, frozen, then the same
   NCE+ head (``configs/cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py``) with the same iterations.
 
-    python tools/benchmarks/cascade_2d.py [--work work_dirs/bench_2d_v2] [--data data/shapes_bench]
+    python -m tools.benchmarks.cascade_2d [--work work_dirs/bench_2d_v2] [--data data/shapes_bench]
         [--out docs/figures/cascade_2d.md]
 
 Training time is the sum of mmengine's logged iteration times (``vis_data/scalars.json``: ``time``
@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from shapes_2d import (KEYS, ROOT, TIMING_BATCHES, WORK, demo_env, load_model_and_batches, test_checkpoint,
-                       time_refinement)
+from tools.benchmarks.shapes_2d import (KEYS, ROOT, TIMING_BATCHES, WORK, demo_env, load_model_and_batches,
+                                       test_checkpoint, time_refinement)
 
 CASCADE_CFG = 'configs/cascade-rcnn_r18_fpn_shapes.py'
 CASCADE_EBM_CFG = 'configs/cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py'
@@ -127,7 +127,7 @@ def main() -> None:
     ms_cascade = time_detector(ROOT / full, args.data, CASCADE_CFG)
     t_cascade_short, t_cascade_ebm_train = train_seconds(ROOT / short / 'det'), train_seconds(ROOT / short / 'ebm')
 
-    rows = [f'Command: `python tools/benchmarks/cascade_2d.py {" ".join(sys.argv[1:])}` ({args.num_train} train / '
+    rows = [f'Command: `python -m tools.benchmarks.cascade_2d {" ".join(sys.argv[1:])}` ({args.num_train} train / '
             f'{args.num_val} val generated images, 256 px; half-width R18-FPN, AdamW, batch 4; training time = the sum '
             f'of logged iteration times; Cascade R-CNN {1000 * per_iter:.0f} ms/iteration against the Faster '
             f"R-CNN's {1000 * t_det / args.det_iters:.0f}; the EBM head {args.ebm_iters} iterations on either)", '',

@@ -21,7 +21,7 @@ case "$*" in
   '') ;;
   '--device cuda') ;;
   '--device cpu')
-    exec $PYTHON tools/benchmarks/gpu_core.py --device cpu --batches 1 2 --size 256 320 --boxes 10 --repeats 2 \
+    exec $PYTHON -m tools.benchmarks.gpu_core --device cpu --batches 1 2 --size 256 320 --boxes 10 --repeats 2 \
       --levers --out "${OUT:-work_dirs/gpu_core_smoke.md}" ;;
   *) echo "usage: bash tools/benchmarks/gpu_check.sh [--device cuda|cpu] (got: $*)" >&2; exit 2 ;;
 esac
@@ -34,8 +34,8 @@ if $PYTHON -c 'import pytest' 2>/dev/null; then
 else
   echo "[gpu_check] pytest is not installed and no wheels in $WHEELS: core tests skipped"
 fi
-$PYTHON tools/benchmarks/gpu_core.py --device cuda --levers --out docs/figures/gpu_core.md
+$PYTHON -m tools.benchmarks.gpu_core --device cuda --levers --out docs/figures/gpu_core.md
 if $PYTHON -c 'import mmdet' 2>/dev/null; then
   $PYTHON -m pytest -q -x tests/test_models_2d.py -k "head or select or swap"
-  $PYTHON tools/benchmarks/refine_speed.py --device cuda --repeats 5 --out docs/figures/refine_speed_cuda.md
+  $PYTHON -m tools.benchmarks.refine_speed --device cuda --repeats 5 --out docs/figures/refine_speed_cuda.md
 fi

@@ -1,7 +1,7 @@
 """Refinement built from the core alone (torch + torchvision, no OpenMMLab), against torchvision's
 Faster R-CNN R50-FPN inference at the same size: the GPU check's benchmark (issue 15).
 
-    python tools/benchmarks/gpu_core.py [--device cuda] [--batches 1 8] [--boxes 100] [--steps 10]
+    python -m tools.benchmarks.gpu_core [--device cuda] [--batches 1 8] [--boxes 100] [--steps 10]
         [--size 800 1333] [--repeats 5] [--levers] [--out docs/figures/gpu_core.md]
 
 The paper's head as plain torch modules (``PaperHead``: RoIAlign 7x7 of 256 channels by

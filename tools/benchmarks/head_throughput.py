@@ -2,7 +2,7 @@
 (``EBMRefineDetector(head_updates=K)``) and for the head's optimiser, on the 2D benchmark's frozen
 detector.
 
-    python tools/benchmarks/head_throughput.py [--updates 1 2 4 8] [--optimizers adam_1e-4 ...]
+    python -m tools.benchmarks.head_throughput [--updates 1 2 4 8] [--optimizers adam_1e-4 ...]
         [--iters 600] [--every 150] [--feature-cache 1200] [--work work_dirs/bench_2d_v2]
         [--data data/shapes_bench] [--out docs/figures/head_throughput.md]
 
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from shapes_2d import ROOT, WORK, require_detector, test_checkpoint  # the sibling benchmark
+from tools.benchmarks.shapes_2d import ROOT, WORK, require_detector, test_checkpoint
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
 # the head's optimiser on the shapes config's 600-iteration step schedule (no warm-up)
@@ -116,7 +116,7 @@ def main() -> None:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, out.with_suffix('.png'))
-    command = 'python tools/benchmarks/head_throughput.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    command = 'python -m tools.benchmarks.head_throughput ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
     lines = [f'Command: `{command.strip()}` (feature cache {args.feature_cache} images, checkpoint every '
              f'{args.every} iterations of batch 4)', '',
              '| run | iterations | training min | AP gain | AP75 gain | AP | AP75 |', '|---|---|---|---|---|---|---|']

@@ -3,7 +3,7 @@
 Steps (data and training are skipped when their output already exists, made with the same
 settings, so a rerun only redoes what is missing):
 
-1. data: ``tools/data/generate_kitti_scenes.py`` (run through its CLI) writes ``--num-train`` /
+1. data: ``python -m ebm_det.synthetic.kitti_scenes`` (its CLI) writes ``--num-train`` /
    ``--num-val`` frames (seed ``--seed``) to ``--data`` unless its info files already hold that
    many frames; the training frames are then split (``split_train_infos``) into
    ``kitti_infos_fit.pkl`` (the first ``--num-train`` - ``--num-tune``, which detector and heads
@@ -35,7 +35,7 @@ array (mmdet3d's ``kitti_eval`` hard-codes 0.7 / 0.5).
 Writes ``--out`` (markdown: the val table, the tuning split's lambda sweep, the run's settings and
 the exact command) and ``<work-dir>/results.json`` (both passes, the chosen lambdas, training times).
 
-    python tools/benchmarks/kitti_3d.py [--num-train 350 --num-tune 50 --num-val 100] \\
+    python -m tools.benchmarks.kitti_3d [--num-train 350 --num-tune 50 --num-val 100] \\
         [--det-iters 3000 --ebm-iters 600] [--step-sizes 2e-4 2e-3 2e-2] [--head-updates 1] [--normalized]
 
 12 min on the idle 2-core machine with the defaults (detector 3000 iterations in 9.9 min, about
@@ -65,7 +65,7 @@ import torch
 import ebm_det  # noqa: F401  (registers the modules)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-GENERATOR = osp.join(ROOT, 'tools', 'data', 'generate_kitti_scenes.py')
+GENERATOR = 'ebm_det.synthetic.kitti_scenes'  # run as python -m GENERATOR
 DET_CONFIG = osp.join(ROOT, 'configs', 'pointpillars_kitti-gen_car.py')
 EBM_CONFIG = osp.join(ROOT, 'configs', 'pointpillars_ebm-nce_kitti-gen_car.py')
 DEVICE = 'cpu'  # what the benchmark measures: refinement time next to the detector's, on a CPU
@@ -151,8 +151,8 @@ def frames_in_infos(root: str) -> Optional[List[int]]:
 
 
 def generator_command(root: str, num_train: int, num_val: int, seed: int) -> List[str]:
-    """The command line of ``tools/data/generate_kitti_scenes.py`` that writes the data set."""
-    return [sys.executable, GENERATOR, '--out', root, '--num-train', str(num_train), '--num-val', str(num_val),
+    """The command line of ``python -m ebm_det.synthetic.kitti_scenes`` that writes the data set."""
+    return [sys.executable, '-m', GENERATOR, '--out', root, '--num-train', str(num_train), '--num-val', str(num_val),
             '--seed', str(seed)]
 
 
@@ -541,7 +541,7 @@ def describe_setup(res: dict, args: argparse.Namespace) -> str:
         heads += (' and, separately trained, normalized space (centre over the box diagonal, log sizes; sigmas '
                   'centre 0.01 / 0.02 / 0.04, log-size 0.01 / 0.02 / 0.04, yaw as the paper)')
     k = args.head_updates
-    return (f'Car AP40 (moderate) on {val["frames"]} val frames of `tools/data/generate_kitti_scenes.py` (seed '
+    return (f'Car AP40 (moderate) on {val["frames"]} val frames of `python -m ebm_det.synthetic.kitti_scenes` (seed '
             f'{args.seed}). Detector and EBM heads train on the first {args.num_train - args.num_tune} of its '
             f'{args.num_train} training frames; the other {args.num_tune} are the tuning split, on which each head\'s '
             f'step size lambda is chosen. Detector: the small PointPillars of `configs/pointpillars_kitti-gen_car.py`, '
@@ -599,7 +599,7 @@ def markdown(res: dict, args: argparse.Namespace, command: str, minutes: float) 
 
 def command_line(argv: Optional[List[str]]) -> str:
     """The command that reproduces this run, as the report quotes it."""
-    args = [osp.relpath(osp.abspath(__file__), ROOT)] + list(argv or sys.argv[1:])
+    args = ['-m', 'tools.benchmarks.kitti_3d'] + list(argv or sys.argv[1:])
     return 'python ' + ' '.join(shlex.quote(a) for a in args)
 
 

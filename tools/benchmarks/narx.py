@@ -18,7 +18,7 @@ fresh test sequence, one step ahead: RMSE, NLL (EBM: f normalised on a fine y-gr
 Gaussian), coverage of the central 90% interval (EBM: 5% / 95% quantiles of the grid density;
 MLP: mean +- 1.645 sigma). The "true model" row uses the known f and noise density.
 
-    python tools/benchmarks/narx.py [--iters N] [--loss nce|nce_plus] [--out docs/figures]
+    python -m tools.benchmarks.narx [--iters N] [--loss nce|nce_plus] [--out docs/figures]
 
 The functions ``make_data``, ``train`` and ``evaluate`` are reused by tests with small settings.
 """
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ebm_det.core import GMMNoise, refine_by_gradient_ascent
 
-import toy_1d  # the sibling benchmark (this folder is on sys.path): EnergyNet, loss settings, training loop
+from tools.benchmarks import toy_1d  # EnergyNet, loss settings, training loop
 
 NOISE_W = (0.6, 0.4)
 NOISE_MU = (-0.2, 0.3)
@@ -399,7 +399,7 @@ def main(argv=None):
     print(table)
     os.makedirs(args.out, exist_ok=True)
     has_fig = plot(ebm, mlp, data, os.path.join(args.out, 'narx.png'), **over)
-    command = 'python tools/benchmarks/narx.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    command = 'python -m tools.benchmarks.narx ' + ' '.join(argv if argv is not None else sys.argv[1:])
     write_report(os.path.join(args.out, 'narx.md'), args, table, command.strip(), minutes, has_fig)
     return res
 

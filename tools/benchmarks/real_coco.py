@@ -1,6 +1,6 @@
 """Real images, a real COCO detector: does EBM refinement pay off on real data?
 
-    python tools/benchmarks/real_coco.py [--iters 800] [--calib 48] [--work work_dirs/real_coco]
+    python -m tools.benchmarks.real_coco [--iters 800] [--calib 48] [--work work_dirs/real_coco]
         [--out docs/figures/real_coco.md] [--options k=v ...]
 
 The shipped config ``configs/yolox-nano_ebm-nceplus_real-coco-small.py``: mmdet's own YOLOX-Nano
@@ -156,7 +156,7 @@ def table(args, m: dict, g: dict, margin: float, minutes: float, t: dict, sizes:
     pct = lambda d, k: 100 * d[k]  # noqa: E731
     keys = [('AP', 'bbox_mAP'), ('AP50', 'bbox_mAP_50'), ('AP75', 'bbox_mAP_75'), ('APs', 'bbox_mAP_s'),
             ('APm', 'bbox_mAP_m'), ('APl', 'bbox_mAP_l')]
-    cmd = 'python tools/benchmarks/real_coco.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = 'python -m tools.benchmarks.real_coco ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
     lines = [f'Command: `{cmd.strip()}`. Real data: the YOLOX-Nano COCO checkpoint (frozen) and an NCE+ head trained on '
              f"{sizes['train'][1]} real COCO train2017 images ({minutes:.1f} min on this machine), the gate calibrated "
              f"on {sizes['calib'][1]} held-out train2017 images, scored once each on the 153 real val2017 images. ",

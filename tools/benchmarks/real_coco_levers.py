@@ -1,7 +1,7 @@
 """Why does refinement not pay off on real COCO, and which levers move it? Measured on training
 images only (never on the val images that real_coco.py reports).
 
-    python tools/benchmarks/real_coco_levers.py [--levers base l0 fine ...] [--iters 800] [--calib 48]
+    python -m tools.benchmarks.real_coco_levers [--levers base l0 fine ...] [--iters 800] [--calib 48]
         [--work work_dirs/real_coco_levers] [--out docs/figures/real_coco_levers.md]
 
 The frozen YOLOX-Nano of ``configs/yolox-nano_ebm-nceplus_real-coco-small.py`` runs once over the
@@ -241,7 +241,7 @@ def main() -> None:
             result.write_text(json.dumps(out))
             print(json.dumps(out), flush=True)
         rows.append(json.loads(result.read_text()))
-    cmd = 'python tools/benchmarks/real_coco_levers.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = 'python -m tools.benchmarks.real_coco_levers ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
     lines = [f'Command: `{cmd.strip()}` ({args.iters} iterations of batch 4; T = {args.steps}; '
              f'held = the last {args.calib} train2017 images, which no head trains on)', '',
              '| lever | head change | train images | loss (last 100 it.) | minutes | split | jitter: IoU -> refined | '

@@ -9,7 +9,7 @@
 - ``onnxruntime``: the module exported to ONNX (``ebm_det.deploy.export_onnx``) and run by
   onnxruntime (CPU provider; CUDA provider with ``--device cuda`` when onnxruntime has it).
 
-    python tools/benchmarks/refine_export_speed.py [--device cpu|cuda] [--images 1 2] [--boxes 100]
+    python -m tools.benchmarks.refine_export_speed [--device cpu|cuda] [--images 1 2] [--boxes 100]
         [--num-steps 5] [--image-size 800 1344] [--channels 256] [--fc-channels 1024]
         [--paths autograd static compile onnxruntime] [--min-run-time 2] [--out docs/figures/refine_export_speed.md]
 
@@ -141,7 +141,7 @@ def main(argv=None) -> List[dict]:
               f"{r['first_call_s']:.1f} | {r['max_diff_px']:.1e} |" for r in rows]
     device = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     text = '\n'.join([f'Refinement only ({device}, torch {torch.__version__}); '
-                      f'`python tools/benchmarks/refine_export_speed.py {" ".join(argv or [])}`'.rstrip(), ''] + table)
+                      f'`python -m tools.benchmarks.refine_export_speed {" ".join(argv or [])}`'.rstrip(), ''] + table)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Test-time speed levers of refinement, each measured for AP and time in one run, on the 2D
 benchmark's trained detector and EBM head (``tools/benchmarks/shapes_2d.py`` must have run).
 
-    python tools/benchmarks/refine_levers.py [--levers float32 bf16 tol_1e-4 tol_1e-3 bf16+tol_1e-3 T=7 T=5
+    python -m tools.benchmarks.refine_levers [--levers float32 bf16 tol_1e-4 tol_1e-3 bf16+tol_1e-3 T=7 T=5
         bf16+T=7 bf16+T=5]
         [--work work_dirs/bench_2d_v2] [--data data/shapes_bench] [--out docs/figures/refine_levers.md]
 
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shapes_2d import ROOT, WORK, require_detector, test_checkpoint, time_refinement  # the sibling benchmark
+from tools.benchmarks.shapes_2d import ROOT, WORK, require_detector, test_checkpoint, time_refinement
 
 LEVERS = {  # each sets T, so that a lever means the same whatever the config's default T
     'float32': ['model.test_cfg.num_steps=10'],
@@ -43,7 +43,7 @@ def main() -> None:
     require_detector(args.work)
     work = ROOT / args.work
     ckpt = (work / args.ebm_dir / 'last_checkpoint').read_text().strip()
-    lines = [f'Command: `python tools/benchmarks/refine_levers.py {" ".join(sys.argv[1:])}` (head: '
+    lines = [f'Command: `python -m tools.benchmarks.refine_levers {" ".join(sys.argv[1:])}` (head: '
              f'{args.work}/{args.ebm_dir}; AP on the 150 val images, time per image on the first val batches)', '',
              '| lever | AP | AP75 | matched mean IoU | detector ms | refinement ms | ratio |', '|---|---|---|---|---|---|---|']
     for name in args.levers:

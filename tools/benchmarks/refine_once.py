@@ -2,7 +2,7 @@
 T = 10, on random 256-channel P2-P5 maps of an 800x1344 image (median of 3 after a warm-up). A quick
 check of head and sampler levers:
 
-    python tools/benchmarks/refine_once.py [--pooling prroi] [--reduced-channels 64] [--fc-channels 512]
+    python -m tools.benchmarks.refine_once [--pooling prroi] [--reduced-channels 64] [--fc-channels 512]
         [--compile] [--amp bfloat16] [--profile]
 """
 import argparse

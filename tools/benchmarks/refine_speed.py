@@ -1,6 +1,6 @@
 """Refinement cost against the detector, against its own floor, training overhead and memory.
 
-    python tools/benchmarks/refine_speed.py [--device cpu|cuda] [--repeats 3] [--out docs/figures/refine_speed.md]
+    python -m tools.benchmarks.refine_speed [--device cpu|cuda] [--repeats 3] [--out docs/figures/refine_speed.md]
         [--autocast none bfloat16] [--num-steps 10 5] [--fc-channels 1024] [--skip pointpillars train memory]
 
 1. refine vs detector: Faster R-CNN R50-FPN and RetinaNet R50-FPN (random weights) at 800x1333,
@@ -247,8 +247,8 @@ def bench_memory(device: str, counts=MEMORY_COUNTS, chunk: int = MEMORY_CHUNK):
     rows = []
     for c in (0, chunk):
         for n in counts:
-            out = subprocess.run([sys.executable, __file__, '--memory-child', str(n), str(c), '--device', device],
-                                 capture_output=True, text=True, cwd=ROOT)
+            child = ['-m', 'tools.benchmarks.refine_speed', '--memory-child', str(n), str(c), '--device', device]
+            out = subprocess.run([sys.executable, *child], capture_output=True, text=True, cwd=ROOT)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith('{')]
             rows.append(json.loads(line[-1]) if line else dict(boxes=n, chunk=c, error=out.stderr[-300:]))
             print(rows[-1], flush=True)

@@ -1,7 +1,7 @@
 """The long version of the demo: COCO AP of a frozen Faster R-CNN's boxes before and after NCE+
 refinement on the generated shapes set, plus test-time variants, as a markdown table.
 
-    python tools/benchmarks/shapes_2d.py [--det-iters 2400] [--ebm-iters 800] [--num-train 600]
+    python -m tools.benchmarks.shapes_2d [--det-iters 2400] [--ebm-iters 800] [--num-train 600]
         [--num-val 150] [--work work_dirs/bench_2d_v2] [--out docs/figures/shapes_2d.md]
         [--reduced-channels 16 ...] [--pooling prroi]
 
@@ -59,7 +59,7 @@ def require_detector(work: str) -> None:
     """SystemExit unless this benchmark has trained its detector into ``work``/det (the sibling
     benchmarks train EBM heads on it)."""
     if not (ROOT / work / 'det' / 'last_checkpoint').exists():
-        raise SystemExit(f'no detector in {work}/det: run tools/benchmarks/shapes_2d.py first')
+        raise SystemExit(f'no detector in {work}/det: run python -m tools.benchmarks.shapes_2d first')
 
 
 def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict:
@@ -227,7 +227,7 @@ def main() -> None:
     t = time.time()
     subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
     train_s = time.time() - t
-    rows = [f'Command: `python tools/benchmarks/shapes_2d.py {" ".join(sys.argv[1:])}` '
+    rows = [f'Command: `python -m tools.benchmarks.shapes_2d {" ".join(sys.argv[1:])}` '
             f'({args.num_train} train / {args.num_val} val images, detector {args.det_iters} it, '
             f'EBM {args.ebm_iters} it; tools/demo.sh took {train_s / 60:.1f} min, skipping the steps whose '
             f'outputs {args.work} already held)', '',

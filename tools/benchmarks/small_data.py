@@ -1,6 +1,6 @@
 """Small training sets: does the EBM head still help on unseen images when it is trained on few?
 
-    python tools/benchmarks/small_data.py [--sizes 50 100 200 550] [--variants paper dropout ...]
+    python -m tools.benchmarks.small_data [--sizes 50 100 200 550] [--variants paper dropout ...]
         [--calib 50] [--iters 600] [--no-gate] [--work work_dirs/bench_2d_v2] [--data data/shapes_bench]
         [--out docs/figures/small_data.md]
 
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shapes_2d import EBM_CFG, ROOT, WORK, require_detector, test_checkpoint  # the sibling benchmark
+from tools.benchmarks.shapes_2d import EBM_CFG, ROOT, WORK, require_detector, test_checkpoint
 
 # head variants: config options applied to the head's training and its tests
 VARIANTS = {
@@ -174,7 +174,7 @@ def main() -> None:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, out.with_suffix('.png'))
-    command = 'python tools/benchmarks/small_data.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    command = 'python -m tools.benchmarks.small_data ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
     gate = 'a per-class gate' if args.per_class_gate else 'gate'
     lines = [f'Command: `{command.strip()}` ({args.iters} EBM iterations of batch 4 at every size; {gate} calibrated '
              f'on {args.calib} held-out training images; scored on the 150 val images)', '',

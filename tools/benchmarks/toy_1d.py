@@ -17,7 +17,7 @@ Metric: KL(p_true || p_model), both normalised on 2048 points over y in [-3, 3] 
 paper's evaluation), averaged over 256 evenly spaced test x in [-3, 3]; mean +- std over seeds
 (each seed draws its own training set and initialisation).
 
-    python tools/benchmarks/toy_1d.py [--seeds 3] [--iters N] [--out docs/figures]
+    python -m tools.benchmarks.toy_1d [--seeds 3] [--iters N] [--out docs/figures]
 
 The functions ``make_data``, ``train`` and ``evaluate`` are reused by tests with small settings;
 ``EnergyNet``, ``build_method_loss`` and ``fit`` by ``narx.py``.
@@ -460,7 +460,7 @@ def main(argv=None):
     table = markdown_table(results, args.datasets, args.methods)
     print(table)
     os.makedirs(args.out, exist_ok=True)
-    command = 'python tools/benchmarks/toy_1d.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    command = 'python -m tools.benchmarks.toy_1d ' + ' '.join(argv if argv is not None else sys.argv[1:])
     has_fig = plot(models, os.path.join(args.out, 'toy_1d.png'), args.datasets, args.methods)
     write_report(os.path.join(args.out, 'toy_1d.md'), args, table, command.strip(), minutes, has_fig)
     return results

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tracking with and without EBM refinement, on generated shapes video, from the same detections.
 
-    python tools/benchmarks/tracking.py [--num-seqs 6 --num-frames 80 --long-frames 600 --check-runner]
+    python -m tools.benchmarks.tracking [--num-seqs 6 --num-frames 80 --long-frames 600 --check-runner]
 
 Uses the 2D detector + EBM of ``tools/demo.sh`` (``work_dirs/demo/ebm/last_checkpoint``; the video's
 objects are the same shapes), or trains small ones into ``work_dirs/tracking_bench`` when absent;
@@ -51,9 +51,9 @@ from mmengine.runner import Runner, load_checkpoint
 from mmengine.structures import InstanceData
 
 from ebm_det.tracking import EBMBoxRefiner
-from tracking_metrics import mot_challenge_metrics, motmetrics_summary, read_mot_txt, seq_length
-from tracking_report import render
-from tracking_sot import ConstantVelocityTracker, success_auc
+from tools.benchmarks.tracking_metrics import mot_challenge_metrics, motmetrics_summary, read_mot_txt, seq_length
+from tools.benchmarks.tracking_report import render
+from tools.benchmarks.tracking_sot import ConstantVelocityTracker, success_auc
 
 ROOT = Path(__file__).resolve().parents[2]
 DET_CONFIG = 'configs/faster-rcnn_r18_fpn_shapes.py'
@@ -145,7 +145,7 @@ def train_small_models(args) -> None:
     data = args.shapes_data
     ann = f'{data}/annotations/instances_val.json'
     if not osp.exists(ann):
-        subprocess.run([sys.executable, 'tools/data/generate_coco_shapes.py', '--out', data, '--num-train',
+        subprocess.run([sys.executable, '-m', 'ebm_det.synthetic.coco_shapes', '--out', data, '--num-train',
                         str(SHAPES_TRAIN_IMAGES), '--num-val', str(SHAPES_VAL_IMAGES)], cwd=ROOT, check=True)
     roots = [f'{k}.dataset.data_root={data}/' for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     det_ckpt = train(DET_CONFIG, osp.join(args.train_dir, 'det'),
@@ -168,9 +168,9 @@ def find_or_train(args) -> Tuple[str, str, str]:
 
 
 def generate_video(root: Path, split: str, num_seqs: int, num_frames: int, seed: int) -> Path:
-    """``tools/data/generate_mot_video.py`` (unless done); the split's folder of sequences."""
+    """``python -m ebm_det.synthetic.mot_video`` (unless done); the split's folder of sequences."""
     if not (root / 'annotations' / f'{split}_cocoformat.json').exists():
-        subprocess.run([sys.executable, 'tools/data/generate_mot_video.py', '--out', str(root), '--splits', split,
+        subprocess.run([sys.executable, '-m', 'ebm_det.synthetic.mot_video', '--out', str(root), '--splits', split,
                         '--num-seqs', str(num_seqs), '--num-frames', str(num_frames), '--size', str(FRAME_SIZE),
                         '--seed', str(seed)], cwd=ROOT, check=True)
     return root / split
@@ -556,7 +556,7 @@ def main() -> None:
         print(f'[tracking] memory run: {args.long_frames} frames in {time.perf_counter() - t0:.0f} s', flush=True)
 
     codec = model.ebm_head.codec
-    cmd = 'python tools/benchmarks/tracking.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = 'python -m tools.benchmarks.tracking ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
     result = dict(
         command=cmd.strip(), config=cfg_path, checkpoint=ckpt, origin=origin,
         det_refine=refine_settings(model.refine_cfg, codec, ('num_steps', 'step_sizes', 'decay')),

@@ -18,7 +18,7 @@ def render_header(r: dict) -> List[str]:
         f"Command: `{r['command']}`", '',
         f"Detector + EBM: `{r['config']}` with `{r['checkpoint']}` ({r['origin']}); refinement of detections: "
         f"{r['det_refine']}; of tracks: {r['track_refine']}.",
-        f"Data: `tools/data/generate_mot_video.py`, {r['num_seqs']} sequences x {r['num_frames']} frames, 256 px, "
+        f"Data: `python -m ebm_det.synthetic.mot_video`, {r['num_seqs']} sequences x {r['num_frames']} frames, 256 px, "
         f"seed {r['seed']} ({r['frames']} frames, {r['gt_boxes']} GT boxes); one detector pass per frame feeds every "
         f"variant ({r['frames'] / r['seconds']:.2f} frames/s for all variants together, {r['threads']} thread(s)). "
         'One seeded run on few frames, without confidence intervals: differences of about a point (0.01) are '

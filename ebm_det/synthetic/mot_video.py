@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Generate seeded short videos of moving textured shapes in MOTChallenge format.
 
 Usage::
 
-    python tools/data/generate_mot_video.py --out data/mot_gen --splits val \
+    python -m ebm_det.synthetic.mot_video --out data/mot_gen --splits val \
         --num-seqs 4 --num-frames 60 --size 256 --seed 0
 
 writes, for each split::
@@ -19,7 +18,7 @@ The json is what ``tools/dataset_converters/mot2coco.py`` of MMDetection writes 
 config reads it with ``data_root=<out>, ann_file='annotations/<split>_cocoformat.json',
 data_prefix=dict(img_path='<split>')``.
 
-Objects are the shapes of ``generate_coco_shapes.py`` (same outlines, textures, background and
+Objects are the shapes of :mod:`ebm_det.synthetic.coco_shapes` (same outlines, textures, background and
 clutter). They move with piecewise-constant velocities (random turns and speed changes plus
 small accelerations), change scale (a log-scale random walk with changing rate) and sometimes
 rotate; each has a depth, so crossing objects occlude each other. Objects enter through the image
@@ -31,7 +30,7 @@ each frame gets a small brightness flicker and its own pixel noise.
 Labels, as MOT17 (and why):
 
 * The box is the tight box of the object's full (amodal) mask clipped to the image, with
-  exclusive ``x + w``, ``y + h`` bounds, exactly as ``generate_coco_shapes.py``: a detector trained
+  exclusive ``x + w``, ``y + h`` bounds, exactly as :mod:`ebm_det.synthetic.coco_shapes`: a detector trained
   on that set predicts these boxes.
 * ``visibility`` = pixels of the object inside the image not hidden by objects above it / all
   pixels of its (unclipped) mask, as MOT17's visibility ratio covers occlusion and truncation.
@@ -59,13 +58,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-# The sibling script: run as ``python tools/data/generate_mot_video.py``, Python puts
-# tools/data first on sys.path; tests and tools that import this file put it there themselves.
-from generate_coco_shapes import (AXIS_ALIGNED_RECT_PROB, HALF_COVERAGE, PATCH_MARGIN,
-                                  REFERENCE_SIZE, SHAPE_CLASSES, SHAPE_OUTLINES, check_classes,
-                                  draw_cluttered_background, log_uniform, mask_box_xyxy,
-                                  most_contrasting_texture, patch_window, rasterise,
-                                  round_to_uint8, split_seed_key)
+from ebm_det.synthetic.coco_shapes import (AXIS_ALIGNED_RECT_PROB, HALF_COVERAGE, PATCH_MARGIN,
+                                            REFERENCE_SIZE, SHAPE_CLASSES, SHAPE_OUTLINES, check_classes,
+                                            draw_cluttered_background, log_uniform, mask_box_xyxy,
+                                            most_contrasting_texture, patch_window, rasterise,
+                                            round_to_uint8, split_seed_key)
 
 # Ranges below are (low, high): uniform draws for floats, numpy's half-open [low, high) for counts.
 # Lengths marked "at REFERENCE_SIZE" (256 px) scale linearly with the frame side.

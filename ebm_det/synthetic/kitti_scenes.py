@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Seeded generator of synthetic KITTI-format LiDAR scenes for mmdet3d 1.x.
 
 Writes the raw KITTI layout::
@@ -40,7 +39,7 @@ its shape.
 
 Usage::
 
-    python tools/data/generate_kitti_scenes.py --out data/kitti_gen \
+    python -m ebm_det.synthetic.kitti_scenes --out data/kitti_gen \
         --num-train 200 --num-val 50 --seed 0
 """
 from __future__ import annotations
@@ -692,7 +691,7 @@ def _load_mmdet3d_converters() -> types.SimpleNamespace:
     ``tools/dataset_converters`` of mmdet3d is installed as
     ``mmdet3d/.mim/tools/dataset_converters``; ``.mim`` is not a valid
     package name, and putting ``.mim`` on ``sys.path`` would make its
-    ``tools`` package shadow this repository's ``tools/`` directory. So the
+    ``tools`` package shadow this repository's ``tools`` package. So the
     folder is registered under a private package name, which keeps the
     converters' relative imports (``from .kitti_data_utils import ...``)
     working and leaves ``sys.path`` alone. A scikit-image stand-in (see

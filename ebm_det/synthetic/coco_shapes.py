@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Generate a seeded COCO-format 2D detection set of textured shapes on cluttered backgrounds.
 
 Usage::
 
-    python tools/data/generate_coco_shapes.py --out data/shapes --num-train 600 --num-val 150 \
+    python -m ebm_det.synthetic.coco_shapes --out data/shapes --num-train 600 --num-val 150 \
         --size 256 --seed 0 [--difficulty hard|easy]
 
 writes::

@@ -1,0 +1,1 @@
+"""The benchmarks behind the README and docs/figures, each run from the repository root as a module."""
