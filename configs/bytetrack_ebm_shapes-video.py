@@ -1,10 +1,10 @@
 # CPU scale: ByteTrack with EBM refinement of detections (EBMRefineDetector) and of Kalman-predicted
 # track boxes before association (EBMByteTracker), on generated shapes video
-# (tools/data/generate_mot_video.py). The detector + EBM are the 2D shapes models
+# (python -m ebm_det.synthetic.mot_video). The detector + EBM are the 2D shapes models
 # (faster-rcnn_r18_fpn_ebm-nceplus_shapes.py; the video's objects are the same shapes); load their
 # checkpoint with MMDetection's tracking test tool:
 #
-#   python tools/data/generate_mot_video.py --out data/mot_gen --splits val
+#   python -m ebm_det.synthetic.mot_video --out data/mot_gen --splits val
 #   python $(python -c "import mmdet,os;print(os.path.dirname(mmdet.__file__))")/.mim/tools/test_tracking.py \
 #       configs/bytetrack_ebm_shapes-video.py --detector work_dirs/demo/ebm/iter_300.pth
 #

@@ -42,7 +42,7 @@ train_data="train_dataloader.dataset.data_root=$DATA/ randomness.seed=$SEED"
 
 if [ ! -f "$DATA/annotations/instances_val.json" ]; then
   echo "[demo] generating $NUM_TRAIN + $NUM_VAL $DIFFICULTY images in $DATA"
-  $PYTHON tools/data/generate_coco_shapes.py --out "$DATA" --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size 256 --seed 0 --difficulty "$DIFFICULTY"
+  $PYTHON -m ebm_det.synthetic.coco_shapes --out "$DATA" --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size 256 --seed 0 --difficulty "$DIFFICULTY"
 else
   echo "[demo] data: reusing $DATA as generated (NUM_TRAIN, NUM_VAL, DIFFICULTY apply only when it is generated; delete it to generate again)"
 fi

@@ -1,7 +1,7 @@
-# Dataset settings for the generated KITTI-format LiDAR scenes (tools/data/generate_kitti_scenes.py),
+# Dataset settings for the generated KITTI-format LiDAR scenes (python -m ebm_det.synthetic.kitti_scenes),
 # Car only, for CPU-scale runs:
 #
-#     python tools/data/generate_kitti_scenes.py --out data/kitti_gen --num-train 350 --num-val 100
+#     python -m ebm_det.synthetic.kitti_scenes --out data/kitti_gen --num-train 350 --num-val 100
 #
 # (tools/benchmarks/kitti_3d.py generates these and holds the last 50 training frames out to choose
 # the step size: kitti_infos_fit.pkl / kitti_infos_tune.pkl)

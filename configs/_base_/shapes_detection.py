@@ -1,4 +1,4 @@
-# The generated shapes set (tools/data/generate_coco_shapes.py), COCO format, 256x256 images.
+# The generated shapes set (python -m ebm_det.synthetic.coco_shapes), COCO format, 256x256 images.
 dataset_type = 'CocoDataset'
 data_root = 'data/shapes/'
 metainfo = dict(classes=('rectangle', 'ellipse', 'triangle', 'star', 'ring'))
