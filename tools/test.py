@@ -20,7 +20,7 @@ from mmengine.runner import Runner
 
 import ebm_det  # noqa: F401
 from ebm_det.evaluation.initial_metric import MIN_DROP, dropped
-from train import setup_cpu_distributed  # the sibling tool (this folder is on sys.path)
+from ebm_det.distributed import setup_cpu_distributed
 
 
 def parse_args() -> argparse.Namespace:

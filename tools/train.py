@@ -11,6 +11,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import ebm_det  # noqa: F401  (registers modules; allows mmengine checkpoints under weights_only)
+from ebm_det.distributed import setup_cpu_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,19 +28,6 @@ def parse_args() -> argparse.Namespace:
                         help='accepted for torch.distributed.launch, and ignored (mmengine reads LOCAL_RANK from the '
                         'environment)')
     return parser.parse_args()
-
-
-def setup_cpu_distributed(cfg: Config) -> None:
-    """torchrun without CUDA (``--launcher pytorch`` on a CPU machine, e.g. CI): mmengine's launcher
-    calls ``torch.cuda.set_device`` and wraps the model with ``device_ids=[LOCAL_RANK]``, both of
-    which fail for CPU modules. Start the gloo process group here (mmengine then skips its own)
-    and let DDP wrap the CPU model (``device_ids=None``)."""
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group(backend='gloo')
-    wrapper = dict(type='MMDistributedDataParallel', broadcast_buffers=False,
-                   find_unused_parameters=cfg.get('find_unused_parameters', False))
-    cfg.model_wrapper_cfg = {**wrapper, **(cfg.get('model_wrapper_cfg') or {}), 'device_ids': None}
 
 
 def main() -> None:
