@@ -1,6 +1,4 @@
 """Shared fixtures: generated data (the project's own generators) and tiny config overrides."""
-import importlib.util
-import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -10,33 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_tool(rel_path: str):
-    """Import a script under tools/ (not a package) by its path, as module ``<file stem>``.
-
-    Before loading, the script's folder is added to ``sys.path`` (once), as running the script
-    does, so that its imports of sibling scripts (``generate_mot_video`` ->
-    ``generate_coco_shapes``) resolve; it is appended rather than prepended, so that a script such
-    as ``tools/test.py`` cannot shadow an installed module. The module is registered in
-    ``sys.modules`` (dataclasses look their module up there), so every test shares one object.
-    """
-    path = ROOT / rel_path
-    name = path.stem
-    if name in sys.modules:
-        return sys.modules[name]
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.append(folder)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='session')
 def shapes_root(tmp_path_factory) -> Path:
     """A small generated COCO-format shapes set: 8 train and 4 val images of 256 px."""
-    gen = load_tool('tools/data/generate_coco_shapes.py')
+    from ebm_det.synthetic import coco_shapes as gen
     out = tmp_path_factory.mktemp('shapes')
     gen.generate(out, 8, 'train', size=256, seed=0)
     gen.generate(out, 4, 'val', size=256, seed=1)

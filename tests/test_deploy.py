@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import ROOT, load_tool
+from conftest import ROOT
 
 pytest.importorskip('mmdet')
 from ebm_det.core import RefineConfig, RelativeBox2DSpace, refine_boxes  # noqa: E402
@@ -16,6 +16,7 @@ from ebm_det.core.static_refine import map_fpn_levels  # noqa: E402
 from ebm_det.deploy import StaticBoxRefiner  # noqa: E402
 from ebm_det.deploy.refiner import INPUT_NAMES, example_inputs  # noqa: E402
 from ebm_det.models import EBMBoxHead  # noqa: E402
+from tools.deploy import export_onnx  # noqa: E402
 
 ONNX_MISSING = [m for m in ('onnx', 'onnxruntime', 'onnxscript') if importlib.util.find_spec(m) is None]
 needs_onnx = pytest.mark.skipif(bool(ONNX_MISSING), reason=f'{", ".join(ONNX_MISSING)} not importable '
@@ -168,9 +169,8 @@ def _demo_checkpoint():
 
 @pytest.mark.skipif(_demo_checkpoint() is None, reason='no trained demo checkpoint (work_dirs/demo*/ebm; make demo)')
 def test_static_refiner_equals_refine_boxes_on_the_demo_model():
-    export = load_tool('tools/deploy/export_onnx.py')
-    refiner = export.build_refiner(str(ROOT / 'configs' / 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'),
-                                   _demo_checkpoint())
+    refiner = export_onnx.build_refiner(str(ROOT / 'configs' / 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'),
+                                        _demo_checkpoint())
     for seed in range(3):
         _assert_same_as_eager(refiner, example_inputs(refiner, 2, 15, (256, 256), seed=seed))
 
@@ -193,7 +193,7 @@ def exported(tmp_path_factory):
     cfg_path = tmp / 'config.py'
     cfg.dump(str(cfg_path))
     out = tmp / 'refine.onnx'
-    report = load_tool('tools/deploy/export_onnx.py').main([str(cfg_path), str(ckpt), '--out', str(out)])
+    report = export_onnx.main([str(cfg_path), str(ckpt), '--out', str(out)])
     return dict(path=str(out), report=report, config=str(cfg_path), checkpoint=str(ckpt))
 
 
@@ -215,7 +215,7 @@ def test_onnxruntime_equals_pytorch_static_loop(exported, num_images, boxes_per_
     """Other numbers of images and boxes, other map sizes than traced; boxes across the border and
     one degenerate box; the outputs of onnxruntime equal PyTorch's."""
     import onnxruntime as ort
-    refiner = load_tool('tools/deploy/export_onnx.py').build_refiner(exported['config'], exported['checkpoint'])
+    refiner = export_onnx.build_refiner(exported['config'], exported['checkpoint'])
     inputs = list(example_inputs(refiner, num_images, boxes_per_image, (128 + 32 * num_images, 192), seed=num_images))
     if len(inputs[1]) > 2:
         inputs[1][1] = torch.tensor([-8., 20., 10., 20.5])  # under 1 px high: never refined
@@ -236,7 +236,7 @@ def test_onnxruntime_equals_pytorch_static_loop(exported, num_images, boxes_per_
 @needs_onnx
 def test_onnxruntime_with_no_boxes(exported):
     import onnxruntime as ort
-    refiner = load_tool('tools/deploy/export_onnx.py').build_refiner(exported['config'], exported['checkpoint'])
+    refiner = export_onnx.build_refiner(exported['config'], exported['checkpoint'])
     feats, boxes, scores, labels, batch_idx, img_shapes = example_inputs(refiner, 2, 1)
     session = ort.InferenceSession(exported['path'], providers=['CPUExecutionProvider'])
     feed = {f'feat_{i}': f.numpy() for i, f in enumerate(feats)}
@@ -248,4 +248,4 @@ def test_onnxruntime_with_no_boxes(exported):
 
 def test_export_tool_refuses_a_low_opset():
     with pytest.raises(SystemExit):
-        load_tool('tools/deploy/export_onnx.py').parse_args(['c.py', 'k.pth', '--opset', '13'])
+        export_onnx.parse_args(['c.py', 'k.pth', '--opset', '13'])

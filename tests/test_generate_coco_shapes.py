@@ -1,4 +1,4 @@
-"""Tests for tools/data/generate_coco_shapes.py: COCO validity, labelling rules, determinism and
+"""Tests for ebm_det.synthetic.coco_shapes: COCO validity, labelling rules, determinism and
 loading through mmdet's CocoDataset. CPU only, a few seconds."""
 import json
 from pathlib import Path
@@ -7,11 +7,9 @@ from typing import Dict
 import numpy as np
 import pytest
 
-from conftest import load_tool
+from ebm_det.synthetic import coco_shapes as gen
 
 SIZE = 128
-
-gen = load_tool('tools/data/generate_coco_shapes.py')
 
 
 def _read_split(json_path: str) -> Dict[str, bytes]:

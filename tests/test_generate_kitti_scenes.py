@@ -1,4 +1,4 @@
-"""Tests for tools/data/generate_kitti_scenes.py (synthetic KITTI scenes).
+"""Tests for ebm_det.synthetic.kitti_scenes (synthetic KITTI scenes).
 
 The generated folder is read back only through mmdet3d: ``KittiDataset``
 with the stock LiDAR pipeline for the boxes, and ``KittiMetric`` (with the
@@ -11,8 +11,6 @@ import os.path as osp
 import numpy as np
 import pytest
 
-from conftest import load_tool
-
 pytest.importorskip('mmdet3d')
 torch = pytest.importorskip('torch')
 
@@ -20,7 +18,7 @@ SEED = 0
 CLASSES = ['Pedestrian', 'Cyclist', 'Car']
 
 
-gen = load_tool('tools/data/generate_kitti_scenes.py')
+from ebm_det.synthetic import kitti_scenes as gen  # noqa: E402
 
 
 @pytest.fixture(scope='module')

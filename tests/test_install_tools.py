@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_tool
+from tools import mmcv_unity_sources as unity
 
-unity = load_tool('tools/mmcv_unity_sources.py')
 CPU_FILES = ['roi_align.cpp', 'bezier_align.cpp', 'roi_align_rotated.cpp', 'rotated_feature_align.cpp',
              'sparse_indice.cpp', 'sparse_maxpool.cpp', 'sparse_reordering.cpp', 'deform_conv.cpp',
              'modulated_deform_conv.cpp', 'psamask.cpp', 'nms.cpp', 'voxelization.cpp', 'box_iou_rotated.cpp']

@@ -1,5 +1,5 @@
 """The mmdet3d layer: EBMBoxHead3D, EBMRefineDetector3D through the mmengine Runner on generated
-KITTI-format scenes (tools/data/generate_kitti_scenes.py), and the CPU-scale 3D configs."""
+KITTI-format scenes (ebm_det.synthetic.kitti_scenes), and the CPU-scale 3D configs."""
 import math
 import textwrap
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, count_forwards_and_steps, load_tool, run_config
+from conftest import ROOT, count_forwards_and_steps, run_config
 
 pytest.importorskip('mmdet3d')
 import ebm_det  # noqa: E402,F401
@@ -186,7 +186,7 @@ def trained3d(tmp_path_factory):
     """4 train + 10 val generated frames; a PointPillars trained 2 iterations, then an EBM head
     trained 2 iterations on it (detector_checkpoint)."""
     tmp = tmp_path_factory.mktemp('runner3d')
-    gen = load_tool('tools/data/generate_kitti_scenes.py')
+    from ebm_det.synthetic import kitti_scenes as gen
     root = gen.generate(str(tmp / 'kitti_gen'), num_train=4, num_val=10, seed=0)['root']
     det_cfg = _tiny_config(tmp, 'pointpillars_kitti-gen_car.py', root)
     run_config(det_cfg, tmp / 'det')

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_tool
+from conftest import ROOT
 
 DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 LIDAR = DATA / 'real_lidar'
@@ -591,7 +591,7 @@ def test_street_video_through_bytetrack_ebm_config_writes_motchallenge_tracks(tm
     need(VIDEO)
     pytest.importorskip('mmdet')
     import mmcv
-    tool = load_tool('tools/track_video.py')
+    from tools import track_video as tool
     reader = mmcv.VideoReader(str(VIDEO))
     assert (len(reader), reader.width, reader.height) == (8, 1920, 1080)
     options = {

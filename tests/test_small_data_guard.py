@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, QuadraticHead, load_tool
+from conftest import ROOT, QuadraticHead
 
 pytest.importorskip('mmdet')
 
@@ -234,7 +234,7 @@ def test_initial_metric_reports_the_gain_for_save_best_and_warns(monkeypatch):
 
 
 def test_test_tool_says_loudly_what_refinement_made_worse():
-    test_tool = load_tool('tools/test.py')
+    from tools import test as test_tool
     metrics = {'coco/bbox_mAP': 0.20, 'coco_init/bbox_mAP': 0.25, 'coco/bbox_mAP_75': 0.30,
                'coco_init/bbox_mAP_75': 0.20, 'coco/bbox_mAP_copypaste': '...', 'refine/iou': 0.70,
                'refine/iou_init': 0.75, 'refine/matched': 10, 'refine/worse': 0.6}

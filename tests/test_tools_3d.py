@@ -3,19 +3,22 @@ split, training schedule and reuse, head variants, the lambda choice on the tune
 helpers, report) and tools/visualize_bev.py (panels, footprints). Nothing here trains or runs a
 detector."""
 import argparse
+import io
 import os
+import re
 import subprocess
+import tokenize
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_tool
+from conftest import ROOT
 
 pytest.importorskip('mmdet3d')
 torch = pytest.importorskip('torch')
 
-bench = load_tool('tools/benchmarks/kitti_3d.py')
-bev = load_tool('tools/visualize_bev.py')
+from tools import visualize_bev as bev  # noqa: E402
+from tools.benchmarks import kitti_3d as bench  # noqa: E402
 
 
 def test_cli_flags_and_defaults():
@@ -32,10 +35,10 @@ def test_cli_flags_and_defaults():
 
 def test_generator_command_uses_the_generators_own_flags():
     cmd = bench.generator_command('/tmp/x', 4, 3, 7)
-    assert cmd[1] == bench.GENERATOR
-    flags = [a for a in cmd[2:] if a.startswith('--')]
-    assert dict(zip(flags, cmd[3::2])) == {'--out': '/tmp/x', '--num-train': '4', '--num-val': '3', '--seed': '7'}
-    usage = subprocess.run(cmd[:2] + ['--help'], capture_output=True, text=True, check=True).stdout
+    assert cmd[1:3] == ['-m', bench.GENERATOR]
+    flags = [a for a in cmd[3:] if a.startswith('--')]
+    assert dict(zip(flags, cmd[4::2])) == {'--out': '/tmp/x', '--num-train': '4', '--num-val': '3', '--seed': '7'}
+    usage = subprocess.run(cmd[:3] + ['--help'], capture_output=True, text=True, check=True).stdout
     assert all(flag in usage for flag in flags)
 
 
@@ -142,8 +145,8 @@ def test_markdown_val_table_tuning_sweep_and_settings():
     assert md.rstrip().endswith('```') and 'nice -n 5 python tools/benchmarks/kitti_3d.py' in md
 
 
-def test_command_line_is_relative_to_the_repository():
-    assert bench.command_line(['--normalized']) == 'python tools/benchmarks/kitti_3d.py --normalized'
+def test_command_line_runs_the_module():
+    assert bench.command_line(['--normalized']) == 'python -m tools.benchmarks.kitti_3d --normalized'
 
 
 def _write_train_infos(root, num_frames):
@@ -300,3 +303,37 @@ def test_tools_need_no_sys_path_or_private_state():
         text = (ROOT / rel).read_text()
         for banned in ('sys.path', 'spec_from_file_location', '._feats', 'refine_instances_3d', 'MODELS.build'):
             assert banned not in text, (rel, banned)
+
+
+# Imports by module name only: tools/ is a package (python -m tools.benchmarks.<name>; the tests import
+# it with pytest's pythonpath = .), so no file edits sys.path or loads a module from a file path.
+SYS_PATH_EDIT = re.compile(r'\bsys \. path (?:\. (?:append|insert|extend|remove|pop|clear) \(|\[ [^\]]*\] =(?!=)|\+=|=(?!=))')
+LOAD_BY_PATH = re.compile(r'\b(?:spec_from_file_location|SourceFileLoader|run_path|load_source) \(')
+
+
+def _code(source: str) -> str:
+    """``source``'s tokens, one space apart, without comments and string literals: what runs in this
+    interpreter (test_kitti_cpu_iou.py's child script, a string, loads mmdet3d's own rotate_iou.py by
+    path so as not to import all of mmdet3d; that is not this repository's code)."""
+    text = {tokenize.COMMENT, tokenize.STRING, getattr(tokenize, 'FSTRING_MIDDLE', tokenize.STRING)}  # 3.12's f-strings
+    return ' '.join(tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type not in text)
+
+
+def test_no_tool_or_test_edits_sys_path_or_loads_a_file_as_a_module():
+    files = sorted(p for folder in ('tools', 'tests') for p in (ROOT / folder).rglob('*.py'))
+    assert ROOT / 'tests' / 'conftest.py' in files and ROOT / 'tools' / 'test.py' in files
+    for path in files:
+        code = _code(path.read_text())
+        for banned in (SYS_PATH_EDIT, LOAD_BY_PATH):
+            assert not banned.search(code), (path.relative_to(ROOT).as_posix(), banned.search(code).group())
+
+
+def test_the_checks_catch_what_they_ban():
+    for line in ('sys.path.append(folder)', 'sys.path.insert(0, d)', 'sys.path[:0] = [d]', 'sys.path += [d]',
+                 'sys.path = [d]', 'import sys; sys.path.extend(ds)'):
+        assert SYS_PATH_EDIT.search(_code(line)), line
+    for line in ('if folder not in sys.path: pass', 'same = x == sys.path', 'sys.path[0] == d',
+                 '# sys.path.append(d)', "'sys.path.append(d)'"):
+        assert not SYS_PATH_EDIT.search(_code(line)), line
+    assert LOAD_BY_PATH.search(_code("importlib.util.spec_from_file_location('m', path)"))
+    assert LOAD_BY_PATH.search(_code('runpy.run_path(p)'))

@@ -1,4 +1,4 @@
-"""Reduced runs of the two regression benchmarks in tools/benchmarks (loaded with ``load_tool``).
+"""Reduced runs of the two regression benchmarks in tools/benchmarks (imported as ``tools.benchmarks.*``).
 
 - 1-D toy 1 (bimodal for x < 0, log-normal for x >= 0): an NCE+-trained EBM beats a Gaussian
   regression (mean, log-variance) in KL(p_true || p_model).
@@ -9,8 +9,6 @@ import math
 
 import pytest
 import torch
-
-from conftest import load_tool
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -24,12 +22,14 @@ def one_thread():
 
 @pytest.fixture(scope='module')
 def toy():
-    return load_tool('tools/benchmarks/toy_1d.py')
+    from tools.benchmarks import toy_1d
+    return toy_1d
 
 
 @pytest.fixture(scope='module')
 def narx():
-    return load_tool('tools/benchmarks/narx.py')
+    from tools.benchmarks import narx
+    return narx
 
 
 def test_toy_data_and_true_density(toy):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_tool
+from conftest import ROOT
 
 pytest.importorskip('mmdet')
 pytest.importorskip('trackeval')
@@ -19,8 +19,8 @@ from ebm_det.tracking import EBMBoxRefiner, EBMByteTracker  # noqa: E402
 
 pytest.importorskip('motmetrics')
 # the tracking benchmark's scoring and single-object pieces (tools/benchmarks/tracking_*.py)
-mot_scores = load_tool('tools/benchmarks/tracking_metrics.py')
-sot = load_tool('tools/benchmarks/tracking_sot.py')
+from tools.benchmarks import tracking_metrics as mot_scores  # noqa: E402
+from tools.benchmarks import tracking_sot as sot  # noqa: E402
 read_mot_txt = mot_scores.read_mot_txt
 
 
@@ -36,7 +36,7 @@ def one_thread():
 @pytest.fixture(scope='module')
 def video(tmp_path_factory):
     """Two 12-frame 256 px sequences; the first has a stretch of frames without objects."""
-    gen = load_tool('tools/data/generate_mot_video.py')
+    from ebm_det.synthetic import mot_video as gen
     out = tmp_path_factory.mktemp('video')
     gen.generate(out, 1, 12, size=256, seed=3, split='val', empty_prob=1.0)
     gen.generate(out / 'b', 1, 12, size=256, seed=4, split='val', empty_prob=0.0)
@@ -46,7 +46,7 @@ def video(tmp_path_factory):
 # ------------------------------------------------------------------------------------ generator
 def test_generator_writes_motchallenge_and_cocovid(video, tmp_path):
     import json
-    gen = load_tool('tools/data/generate_mot_video.py')
+    from ebm_det.synthetic import mot_video as gen
     seq = video / 'val' / 'SHAPES-01'
     assert sorted(p.name for p in (seq / 'img1').iterdir())[:2] == ['000001.jpg', '000002.jpg']
     assert len(list((seq / 'img1').iterdir())) == 12
@@ -72,7 +72,7 @@ def test_generator_writes_motchallenge_and_cocovid(video, tmp_path):
 
 
 def test_generator_tracks_leave_and_objects_move(tmp_path):
-    gen = load_tool('tools/data/generate_mot_video.py')
+    from ebm_det.synthetic import mot_video as gen
     gen.generate(tmp_path, 3, 40, size=128, seed=0, split='s', empty_prob=0.0)
     left, moved = 0, 0
     for k in (1, 2, 3):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import load_tool, tiny_shapes_config
+from conftest import tiny_shapes_config
 
 mmdet = pytest.importorskip('mmdet')
 import ebm_det  # noqa: E402,F401
@@ -14,7 +14,7 @@ def test_visualize_refinement_pictures_and_heatmap(shapes_root, tmp_path):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.runner import Runner
-    vis = load_tool('tools/visualize_refinement.py')
+    from tools import visualize_refinement as vis
     cfg_path = tiny_shapes_config(tmp_path, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root)
     cfg = Config.fromfile(str(cfg_path))
     init_default_scope('mmdet')
@@ -86,7 +86,7 @@ def test_visualize_refinement_refuses_a_checkpoint_that_does_not_fit(shapes_root
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    vis = load_tool('tools/visualize_refinement.py')
+    from tools import visualize_refinement as vis
     cfg_path = tiny_shapes_config(tmp_path, 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py', shapes_root)
     cfg = Config.fromfile(str(cfg_path))
     init_default_scope('mmdet')
