@@ -9,8 +9,8 @@ from torch.autograd import gradcheck
 from ebm_det.core import Box2DCodec, RefineConfig, RelativeBox2DSpace, refine_boxes, select_for_refinement
 from ebm_det.core.sampling import roi_grid_sample
 from ebm_det.core.static_refine import (MLPWeights, flatten_pyramid, map_fpn_levels,
-                                        mlp_score_and_grad, relative_box2d_grad, roi_grid_box_grad,
-                                        roi_grid_features, select_for_refinement_static, static_refine_boxes_2d)
+                                        mlp_score_and_grad, roi_grid_box_grad,
+                                        roi_grid_features, select_for_refinement_static, static_refine_boxes)
 
 devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 f64 = torch.float64
@@ -178,7 +178,7 @@ def test_mlp_score_and_grad_equals_autograd(num_out):
     assert empty_f.shape == (0, ) and empty_g.shape == (0, 10)
 
 
-def test_relative_box2d_grad_and_encode():
+def test_relative_box2d_decode_vjp_and_encode():
     space = RelativeBox2DSpace()
     ref = _random_boxes(5, seed=4)
     boxes = _random_boxes(5, seed=6)
@@ -187,7 +187,7 @@ def test_relative_box2d_grad_and_encode():
     g_boxes = torch.randn(5, 4, dtype=f64)
     yy = y.clone().requires_grad_(True)
     expected, = torch.autograd.grad((space.decode(yy, ref) * g_boxes).sum(), yy)
-    torch.testing.assert_close(relative_box2d_grad(g_boxes, y, ref), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(space.decode_vjp(g_boxes, y, ref), expected, rtol=0, atol=1e-12)
 
 
 def test_full_energy_gradient_in_the_box_space_equals_autograd():
@@ -217,7 +217,7 @@ def test_full_energy_gradient_in_the_box_space_equals_autograd():
     boxes = RelativeBox2DSpace().decode(y, ref)
     samples = roi_grid_features(pyr, boxes, batch_idx, levels, s, r)
     f, g = mlp_score_and_grad(mlp, samples.features.flatten(1), labels)
-    g_y = relative_box2d_grad(roi_grid_box_grad(samples, g.reshape(samples.features.shape), r), y, ref)
+    g_y = RelativeBox2DSpace().decode_vjp(roi_grid_box_grad(samples, g.reshape(samples.features.shape), r), y, ref)
     torch.testing.assert_close(f, expected_f.detach(), rtol=0, atol=1e-10)
     torch.testing.assert_close(g_y, expected_g, rtol=0, atol=1e-6)
 
@@ -248,31 +248,31 @@ def test_select_for_refinement_static_equals_eager():
 
 class _QuadraticEnergy:
     """f(b) = -sum w (b - target)^2 / 2 per box, per-class weights: an energy with an exact gradient,
-    as a ``head`` for ``refine_boxes`` and a ``BoxEnergy`` for the static loop."""
+    as a ``RefinableHead`` for ``refine_boxes`` and a ``BoxEnergy`` for the static loop. ``starts``:
+    the boxes refined, by which the eager path's rows find their targets."""
 
-    def __init__(self, target, labels, batch_idx):
-        self.codec = Box2DCodec()
-        self.target, self.labels, self.batch_idx = target, labels, batch_idx
-        self.class_weight = torch.tensor([1.0, 0.3, 3.0], dtype=target.dtype)
+    def __init__(self, target, labels, starts, codec=None, class_weight=(1.0, 0.3, 3.0)):
+        self.codec = codec or Box2DCodec()
+        self.target, self.labels, self.starts = target, labels, starts
+        self.class_weight = torch.tensor(class_weight, dtype=target.dtype)
 
-    def _f(self, boxes, labels, idx):
+    def _f(self, boxes, labels, rows):
         w = self.class_weight[labels][:, None]
-        return -0.5 * (w * (boxes - self.target[idx])**2).sum(-1)
+        return -0.5 * (w * (boxes - self.target[rows])**2).sum(-1)
 
-    # the eager head's interface
-    def score_boxes(self, feats, boxes, batch_idx, labels, context_boxes=None):
-        return self._f(boxes, labels, self._rows(context_boxes if context_boxes is not None else boxes))
+    # the eager head's interface (``RefinableHead``)
+    def prepare_features(self, feats):
+        return feats
 
-    def _rows(self, boxes):
-        # each box's own target: the rows of the boxes being refined, found by their start box
-        return (boxes[:, None, :] == self.starts[None]).all(-1).float().argmax(1)
+    def box_context(self, boxes, batch_idx):
+        # each box's own target: its row, found by its start box
+        return dict(rows=(boxes[:, None, :] == self.starts[None]).all(-1).float().argmax(1))
 
-    def refine(self, feats, boxes, batch_idx, labels, cfg):
-        from ebm_det.core import refine_by_gradient_ascent
-        rows = self._rows(boxes)
-        return refine_by_gradient_ascent(lambda b, i: self._f(b, labels[i], rows[i]), boxes,
-                                         cfg.step_sizes_for(4, self.codec.default_step_sizes), cfg.num_steps,
-                                         cfg.decay, space=self.codec.space, tol=cfg.tol)
+    def group_order(self, prepared, batch_idx, context):
+        return None
+
+    def score(self, prepared, boxes, batch_idx, labels, rows):
+        return self._f(boxes, labels, rows)
 
     # the static loop's interface
     def __call__(self, boxes, context, need_grad):
@@ -303,10 +303,9 @@ def test_static_loop_equals_refine_boxes_on_a_quadratic(cfg):
     labels = torch.arange(n) % 3
     scores = torch.rand(n, generator=g, dtype=f64).float()
     img_shapes = torch.tensor([[60, 70], [80, 50], [64, 64]])
-    energy = _QuadraticEnergy(target, labels, batch_idx)
-    energy.starts = boxes.nan_to_num(0.0)
+    energy = _QuadraticEnergy(target, labels, boxes.nan_to_num(0.0))
     expected = refine_boxes(energy, None, boxes, batch_idx, labels, cfg, scores=scores, img_shapes=img_shapes)
-    out = static_refine_boxes_2d(energy, boxes, batch_idx, labels, cfg, energy.codec, scores, img_shapes)
+    out = static_refine_boxes(energy, boxes, batch_idx, labels, cfg, energy.codec, scores, img_shapes)
     torch.testing.assert_close(out.boxes, expected.boxes, rtol=0, atol=1e-9, equal_nan=True)
     torch.testing.assert_close(out.ebm_scores, expected.ebm_scores, rtol=0, atol=1e-6)
     torch.testing.assert_close(out.init_scores, expected.init_scores, rtol=0, atol=1e-6)
@@ -318,7 +317,7 @@ def test_static_loop_equals_refine_boxes_on_a_quadratic(cfg):
 def test_static_loop_empty():
     energy = _QuadraticEnergy(torch.zeros(0, 4, dtype=f64), torch.zeros(0, dtype=torch.long), None)
     idx = torch.zeros(0, dtype=torch.long)
-    out = static_refine_boxes_2d(energy, torch.zeros(0, 4, dtype=f64), idx, idx, RefineConfig(num_steps=3),
+    out = static_refine_boxes(energy, torch.zeros(0, 4, dtype=f64), idx, idx, RefineConfig(num_steps=3),
                                  energy.codec, torch.zeros(0), torch.zeros(0, 2, dtype=torch.long))
     assert out.boxes.shape == (0, 4) and out.ebm_scores.shape == (0, ) and out.refined.shape == (0, )
 
@@ -326,5 +325,5 @@ def test_static_loop_empty():
 def test_static_loop_refuses_autocast():
     energy = _QuadraticEnergy(torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), None)
     with pytest.raises(ValueError, match='autocast'):
-        static_refine_boxes_2d(energy, torch.zeros(1, 4), torch.zeros(1, dtype=torch.long),
+        static_refine_boxes(energy, torch.zeros(1, 4), torch.zeros(1, dtype=torch.long),
                                torch.zeros(1, dtype=torch.long), RefineConfig(autocast='bfloat16'), energy.codec)

@@ -65,13 +65,12 @@ def test_head_energy_gradient_equals_autograd_float64():
     expected_f = head.score(head.prepare_features(feats), space.decode(yy, boxes), batch_idx, labels, levels=levels)
     expected_g, = torch.autograd.grad(expected_f.sum(), yy)
 
-    from ebm_det.core.static_refine import (flatten_pyramid, mlp_score_and_grad, relative_box2d_grad,
-                                            roi_grid_box_grad, roi_grid_features)
+    from ebm_det.core.static_refine import flatten_pyramid, mlp_score_and_grad, roi_grid_box_grad, roi_grid_features
     with torch.no_grad():
         pyr = flatten_pyramid(refiner.prepare(feats), head.featmap_strides)
         samples = roi_grid_features(pyr, space.decode(y, boxes), batch_idx, levels, head.roi_size, head.sampling_ratio)
         f, g = mlp_score_and_grad(refiner.mlp(), samples.features.flatten(1), labels)
-        g = relative_box2d_grad(roi_grid_box_grad(samples, g.reshape(samples.features.shape), 2), y, boxes)
+        g = space.decode_vjp(roi_grid_box_grad(samples, g.reshape(samples.features.shape), 2), y, boxes)
     torch.testing.assert_close(f, expected_f.detach(), rtol=0, atol=1e-10)
     torch.testing.assert_close(g, expected_g, rtol=0, atol=1e-6)
 
@@ -103,7 +102,7 @@ def test_static_refiner_equals_refine_boxes(case):
 
 def test_static_refiner_accepted_steps_equal_head_refine():
     """The ascent's own counters: accepted and attempted steps per box, as ``head.refine`` counts them."""
-    from ebm_det.core.static_refine import static_refine_boxes_2d
+    from ebm_det.core.static_refine import static_refine_boxes
     head = _head()
     cfg = RefineConfig(num_steps=6, step_sizes=0.3)  # large steps: some reverted
     refiner = StaticBoxRefiner(head, cfg)
@@ -111,18 +110,18 @@ def test_static_refiner_accepted_steps_equal_head_refine():
     with torch.no_grad():
         res = head.refine(feats, boxes, batch_idx, labels, cfg)
         captured = {}
-        real = static_refine_boxes_2d
+        real = static_refine_boxes
 
         def spy(*args, **kwargs):
             captured['out'] = real(*args, **kwargs)
             return captured['out']
 
         import ebm_det.deploy.refiner as module
-        module.static_refine_boxes_2d, saved = spy, module.static_refine_boxes_2d
+        module.static_refine_boxes, saved = spy, module.static_refine_boxes
         try:
             refiner(feats, boxes, None, labels, batch_idx, None)
         finally:
-            module.static_refine_boxes_2d = saved
+            module.static_refine_boxes = saved
     out = captured['out']
     assert torch.equal(out.accepted, res.accepted) and torch.equal(out.attempted, res.attempted)
     assert (res.accepted < res.attempted).any() and (res.accepted > 0).any()

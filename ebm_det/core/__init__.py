@@ -9,7 +9,7 @@ from .prroi_pool import PrRoIPoolTables, prroi_pool, roi_prroi_pool
 from .refine import RefinedBoxes, RefineResult, refine_boxes, refine_by_gradient_ascent, select_for_refinement
 from .sampling import roi_grid_sample, rotated_bev_grid_sample, sampling_layout, sort_by_group
 from .settings import RefineConfig, strict_fields
-from .static_refine import StaticRefined, flatten_pyramid, map_fpn_levels, static_refine_boxes_2d
+from .static_refine import StaticRefined, flatten_pyramid, map_fpn_levels, static_refine_boxes
 
 __all__ = [
     'Box2DCodec', 'BoxCodec', 'LiDARBoxCodec', 'Box3DSpace', 'IdentitySpace', 'RelativeBox2DSpace', 'check_finite',
@@ -18,5 +18,5 @@ __all__ = [
     'nce_loss', 'nce_plus_loss', 'GMMNoise', 'RefinedBoxes', 'RefineResult', 'refine_boxes',
     'refine_by_gradient_ascent', 'select_for_refinement', 'roi_grid_sample', 'rotated_bev_grid_sample',
     'sampling_layout', 'sort_by_group', 'RefineConfig', 'strict_fields', 'PrRoIPoolTables', 'prroi_pool',
-    'roi_prroi_pool', 'StaticRefined', 'flatten_pyramid', 'map_fpn_levels', 'static_refine_boxes_2d'
+    'roi_prroi_pool', 'StaticRefined', 'flatten_pyramid', 'map_fpn_levels', 'static_refine_boxes'
 ]

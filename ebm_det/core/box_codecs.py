@@ -30,6 +30,9 @@ class BoxCodec:
     size_dims: slice  # the columns that are sizes
     min_size: float  # sizes below this (in the box's unit) make a box invalid
     clips_to_image: bool = False  # ``clip`` needs each box's image shape
+    # a box of unit sizes at the origin: a fixed-shape graph (``static_refine``) climbs it in place
+    # of each box it did not select, so every row stays encodable; its results are dropped
+    stand_in: Tuple[float, ...]
     # InstanceData field names of the predictions and of the ground truth
     pred_field, gt_field = 'pred_instances', 'gt_instances'
     box_field, score_field, label_field = 'bboxes', 'scores', 'labels'
@@ -75,6 +78,7 @@ class Box2DCodec(BoxCodec):
 
     dim = 4
     clips_to_image = True
+    stand_in = (0.0, 0.0, 1.0, 1.0)
     space = RelativeBox2DSpace()
     # ECCV 2020, NCE+: lambda (centre, size) = (8e-4, 3.2e-3); K = 3 noise sigmas per component
     default_step_sizes = (8e-4, 8e-4, 3.2e-3, 3.2e-3)
@@ -126,6 +130,7 @@ class LiDARBoxCodec(BoxCodec):
 
     dim = 7
     size_dims = slice(3, 6)
+    stand_in = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0)
     min_size = 0.0
     pred_field, gt_field = 'pred_instances_3d', 'gt_instances_3d'
     box_field, score_field, label_field = 'bboxes_3d', 'scores_3d', 'labels_3d'

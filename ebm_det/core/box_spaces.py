@@ -7,7 +7,10 @@ box type:
 - ``encode(boxes, ref) -> y``
 - ``decode(y, ref) -> boxes``
 - ``project(y) -> y``: puts a vector back on the valid set (wraps yaw); a no-op when nothing
-  needs it.
+  needs it;
+- ``decode_vjp(grad_boxes, y, ref) -> grad_y``: the chain rule through ``decode`` written as
+  forward ops (df/dy from df/dboxes), for the fixed-shape refinement that runs without autograd
+  (``static_refine``).
 """
 import math
 from typing import Optional, Sequence
@@ -34,7 +37,7 @@ class IdentitySpace:
     dim: Optional[int] = None
     periodic_dims: Sequence[int] = ()
 
-    def encode(self, boxes: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+    def encode(self, boxes: Tensor, ref: Optional[Tensor] = None, check: bool = True) -> Tensor:
         return boxes
 
     def decode(self, y: Tensor, ref: Optional[Tensor] = None) -> Tensor:
@@ -42,6 +45,10 @@ class IdentitySpace:
 
     def project(self, y: Tensor) -> Tensor:
         return y
+
+    def decode_vjp(self, grad_boxes: Tensor, y: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+        """(..., D) df/dboxes at boxes = decode(y, ref) -> (..., D) df/dy."""
+        return grad_boxes
 
 
 class RelativeBox2DSpace(IdentitySpace):
@@ -76,6 +83,12 @@ class RelativeBox2DSpace(IdentitySpace):
         half = y[..., 2:].exp() * 0.5
         return torch.cat([ctr - half, ctr + half], dim=-1)
 
+    def decode_vjp(self, grad_boxes: Tensor, y: Tensor, ref: Tensor) -> Tensor:
+        """x1, x2 = cx -/+ w / 2 with cx = y0 w0, w = exp(y2), and likewise y."""
+        half = y[..., 2:].exp() * 0.5
+        g1, g2 = grad_boxes[..., :2], grad_boxes[..., 2:]
+        return torch.cat([(g1 + g2) * self._ref_size(ref), (g2 - g1) * half], dim=-1)
+
 
 class Box3DSpace(IdentitySpace):
     """7-D LiDAR boxes (x, y, z, l, w, h, yaw), the last dimension wrapped to [-pi, pi).
@@ -94,11 +107,13 @@ class Box3DSpace(IdentitySpace):
         self.normalized = normalized
         self.min_size = min_size
 
-    def encode(self, boxes: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+    def encode(self, boxes: Tensor, ref: Optional[Tensor] = None, check: bool = True) -> Tensor:
+        """``check``: raise ValueError on a non-positive size when ``normalized`` (a host sync; a
+        fixed-shape graph that passes only valid boxes sets False)."""
         yaw = wrap_angle(boxes[..., 6:7])
         if not self.normalized:
             return torch.cat([boxes[..., :6], yaw], dim=-1)
-        if boxes[..., 3:6].numel() and not bool((boxes[..., 3:6] > 0).all()):
+        if check and boxes[..., 3:6].numel() and not bool((boxes[..., 3:6] > 0).all()):
             raise ValueError('Box3DSpace(normalized=True) needs positive box sizes')
         scale = self._scale(ref)
         return torch.cat([(boxes[..., :3] - ref[..., :3]) / scale, boxes[..., 3:6].log(), yaw], -1)
@@ -108,6 +123,14 @@ class Box3DSpace(IdentitySpace):
             return y
         return torch.cat([y[..., :3] * self._scale(ref) + ref[..., :3], y[..., 3:6].exp(), y[..., 6:]],
                          dim=-1)
+
+    def decode_vjp(self, grad_boxes: Tensor, y: Tensor, ref: Optional[Tensor] = None) -> Tensor:
+        """Absolute: df/dy = df/dboxes. Normalized: the centre scales by (dr, dr, hr), sizes by
+        exp(y); yaw passes through."""
+        if not self.normalized:
+            return grad_boxes
+        return torch.cat([grad_boxes[..., :3] * self._scale(ref), grad_boxes[..., 3:6] * y[..., 3:6].exp(),
+                          grad_boxes[..., 6:]], dim=-1)
 
     def project(self, y: Tensor) -> Tensor:
         yaw = wrap_angle(y[..., 6:7])

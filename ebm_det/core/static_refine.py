@@ -5,19 +5,23 @@ with Python loops whose sizes depend on the data, and syncs with the host; none 
 ONNX, and it keeps the loop from CUDA graphs and ``torch.compile(fullgraph=True)``. This module
 computes the same thing with plain forward ops:
 
-- ``flatten_pyramid``: every level of every image in one (sum_l B * H_l * W_l, C) tensor; a box
-  finds its map through a base row and its level's H, W and stride, gathered per box;
+- ``flatten_pyramid``: every level of every image (or frame) in one (sum_l B * H_l * W_l, C)
+  tensor; a box finds its map through a base row and its level's H, W, gathered per box;
+- ``bilinear_gather`` / ``bilinear_index_grad``: ``F.grid_sample``'s bilinear read (zero padding)
+  at any points, from the four corner values of each point, which also give the point's x / y
+  derivatives; the two samplers below are this one read at their own points:
 - ``roi_grid_features`` / ``roi_grid_box_grad``: ``sampling.roi_grid_sample`` (RoIAlign,
-  aligned=True, on ``F.grid_sample``'s bilinear rule with zero padding) from the four corner values
-  of each sample point, which also give the sample's x / y derivatives, and the chain rule from
-  the RoI features back to the box corners;
-- ``mlp_score_and_grad``: the fc stack (Linear, ReLU, ..., Linear) and its input gradient by the
-  transposed weights and the ReLU masks;
-- ``relative_box2d_grad``: from pixel corners to ``RelativeBox2DSpace`` (cx/w0, cy/h0, log w,
-  log h);
-- ``static_refine_boxes_2d``: ``refine.refine_boxes`` for 2D boxes (valid and in the image, select ->
-  T steps, revert and halve -> clip -> moved, validity and gain gate) with fixed T, ``torch.where`` for every per-box
-  decision and no host sync or data-dependent shape.
+  aligned=True) and the chain rule from the RoI features back to the box corners (2D);
+- ``rotated_bev_features`` / ``rotated_bev_box_grad``: ``sampling.rotated_bev_grid_sample`` and the
+  chain rule back to (x, y, l, w, yaw) of a LiDAR box (3D);
+- ``mlp_score_and_grad`` / ``relu_mlp`` / ``relu_mlp_input_grad``: fc stacks (Linear, ReLU, ...)
+  and their input gradients by the transposed weights and the ReLU masks;
+- the box space's ``decode_vjp`` (``box_spaces``): from box coordinates into the space the steps
+  are taken in;
+- ``static_refine_boxes``: ``refine.refine_boxes`` (valid and in the frame, select -> T steps,
+  revert and halve -> project -> clip -> moved, validity and gain gate) for any ``BoxCodec``, with
+  fixed T, ``torch.where`` for every per-box decision and no host sync or data-dependent shape;
+  what differs between box types is the energy passed in and the codec.
 
 Only bilinear sampling is covered: Precise RoI Pooling (``pooling='prroi'``) stays autograd-only.
 """
@@ -26,12 +30,12 @@ from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .box_codecs import Box2DCodec
+from .box_codecs import BoxCodec
 from .settings import RefineConfig
 
-# energy(boxes (N, 4), context_boxes (N, 4), need_grad) -> (f (N,), df/dboxes (N, 4) or None):
-# f at pixel boxes (x1, y1, x2, y2); context_boxes fix what is held constant during refinement
-# (the FPN level), as ``score_boxes(..., context_boxes=...)`` does.
+# energy(boxes (N, D), context_boxes (N, D), need_grad) -> (f (N,), df/dboxes (N, D) or None): f at
+# native boxes (2D: pixels x1, y1, x2, y2; LiDAR: x, y, z, l, w, h, yaw); context_boxes fix what is
+# held constant during refinement (2D: the FPN level), as ``score_boxes(..., context_boxes=...)`` does.
 BoxEnergy = Callable[[Tensor, Tensor, bool], Tuple[Tensor, Optional[Tensor]]]
 
 
@@ -71,12 +75,73 @@ def map_fpn_levels(boxes: Tensor, num_levels: int, finest_scale: float = 56.0) -
     return levels.clamp(min=0, max=num_levels - 1).long()
 
 
+class BilinearSamples(NamedTuple):
+    """``bilinear_gather``'s read, and what ``bilinear_index_grad`` needs again."""
+    values: Tensor  # (N, Q, C) the bilinear values
+    corners: Tensor  # (4, N, Q, C) values at (y0, x0), (y0, x1), (y1, x0), (y1, x1); 0 outside the map
+    weights: Tensor  # (4, N, Q) wx0, wx1, wy0, wy1 of each point
+
+
+def bilinear_gather(pyramid: FlatPyramid, batch_idx: Tensor, levels: Tensor, ix: Tensor, iy: Tensor) -> BilinearSamples:
+    """``F.grid_sample``'s bilinear read (align_corners=False, zeros outside the map) by gathers.
+
+    Args:
+        pyramid: ``flatten_pyramid`` of the (B, C, H_l, W_l) maps.
+        batch_idx, levels: (N,) long, the map of each row of points.
+        ix, iy: (N, Q) ``grid_sample``'s unnormalised indices (pixel centres at integers: the
+            point x of a map whose pixel centres sit at integer + 0.5 has index x - 0.5), in the
+            dtype of ``pyramid.flat``. A point reads columns floor(ix) and floor(ix) + 1 with
+            weights 1 - frac and frac; a column outside [0, W) reads 0.
+    Returns:
+        ``BilinearSamples``.
+    """
+    n, q = ix.shape
+    flat = pyramid.flat
+    channels = flat.shape[1]
+    height, width = pyramid.heights[levels][:, None], pyramid.widths[levels][:, None]  # (N, 1)
+    x0f, y0f = torch.floor(ix), torch.floor(iy)
+    wx1, wy1 = ix - x0f, iy - y0f
+    x0, y0 = x0f.long(), y0f.long()
+    base = (pyramid.offsets[levels] + batch_idx.long() * pyramid.heights[levels] * pyramid.widths[levels])[:, None]
+    corners = []
+    for dy in (0, 1):
+        yy = y0 + dy
+        for dx in (0, 1):
+            xx = x0 + dx
+            inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
+            row = torch.where(inside, base + yy * width + xx, torch.zeros_like(yy))  # masked below
+            vals = flat.index_select(0, row.reshape(-1)).reshape(n, q, channels)
+            corners.append(vals * inside[..., None].to(flat.dtype))
+    c = torch.stack(corners)
+    weights = torch.stack([1 - wx1, wx1, 1 - wy1, wy1])
+    wx0, wx1, wy0, wy1 = (w[..., None] for w in weights)
+    vals = wy0 * (wx0 * c[0] + wx1 * c[1]) + wy1 * (wx0 * c[2] + wx1 * c[3])
+    return BilinearSamples(vals, c, weights)
+
+
+def bilinear_index_grad(samples: BilinearSamples, grad_values: Tensor) -> Tuple[Tensor, Tensor]:
+    """(N, Q, C) d(something)/d ``samples.values`` -> (d/d ix, d/d iy), each (N, Q): the value moves
+    with ix by wy0 (v01 - v00) + wy1 (v11 - v10) and with iy by wx0 (v10 - v00) + wx1 (v11 - v01),
+    the floor held, as ``grid_sample``'s own backward does (at an integer index the derivative is
+    the right-hand one)."""
+    a00, a01, a10, a11 = (samples.corners * grad_values).sum(-1)  # <gradient, corner value>
+    wx0, wx1, wy0, wy1 = samples.weights
+    return wy0 * (a01 - a00) + wy1 * (a11 - a10), wx0 * (a10 - a00) + wx1 * (a11 - a01)
+
+
+def _grid_sample_index(coord: Tensor, size: Tensor, dtype: torch.dtype) -> Tensor:
+    """Pixel coordinates (centres at integer + 0.5) -> ``grid_sample``'s index, by the samplers' own
+    round trip (normalised grid in the coordinates' dtype, then unnormalised in the map's), so the
+    floats are the ones the eager samplers read."""
+    grid = (coord * (2.0 / size) - 1.0).to(dtype)
+    return ((grid + 1) * size.to(dtype) - 1) / 2
+
+
 class RoIGridSamples(NamedTuple):
     """What ``roi_grid_features`` computed and ``roi_grid_box_grad`` needs again."""
     features: Tensor  # (N, S, S, C) bin means, channels last
-    corners: Tensor  # (4, N, P, P, C) values at (y0, x0), (y0, x1), (y1, x0), (y1, x1); 0 outside the map
-    weights: Tensor  # (4, N, P, P) wx1, wy1 broadcast: [wx0, wx1, wy0, wy1] of each sample point
-    t: Tensor  # (P,) offsets of the sample points along a unit side, P = S * R
+    bilinear: BilinearSamples  # the P x P points of each box (P = S * R), row-major (y, x)
+    t: Tensor  # (P,) offsets of the sample points along a unit side
     inv_stride: Tensor  # (N,) 1 / stride of each box's level
 
 
@@ -85,11 +150,8 @@ def roi_grid_features(pyramid: FlatPyramid, boxes: Tensor, batch_idx: Tensor, le
     """``sampling.roi_grid_sample`` (RoIAlign, aligned=True) on a flattened pyramid, by gathers.
 
     Box corners are in image pixels (x1, y1, x2, y2); on level l the P = S * R sample points of a
-    side are at x1 / s_l + (x2 - x1) / s_l * (k + 0.5) / P, k < P, and the map is read with
-    ``F.grid_sample``'s rule (bilinear, align_corners=False, zeros outside the map): pixel centres
-    at integer + 0.5, so the point x reads columns floor(x - 0.5) and floor(x - 0.5) + 1 with
-    weights 1 - frac and frac, and a column outside [0, W) reads 0. Each bin is the mean of its
-    R x R points.
+    side are at x1 / s_l + (x2 - x1) / s_l * (k + 0.5) / P, k < P, read by ``bilinear_gather``.
+    Each bin is the mean of its R x R points.
 
     Args:
         pyramid: ``flatten_pyramid`` of the (B, C, H_l, W_l) maps.
@@ -102,39 +164,18 @@ def roi_grid_features(pyramid: FlatPyramid, boxes: Tensor, batch_idx: Tensor, le
     s, r = out_size, sampling_ratio
     p = s * r
     n = boxes.shape[0]
-    flat = pyramid.flat
-    channels = flat.shape[1]
+    dtype = pyramid.flat.dtype
     t = (torch.arange(p, device=boxes.device, dtype=boxes.dtype) + 0.5) / p
-    height, width = pyramid.heights[levels], pyramid.widths[levels]  # (N,)
     stride = pyramid.strides.to(boxes.dtype)[levels]
     b = boxes / stride[:, None]  # aligned=True: the pixel-centre convention
     xs = b[:, 0:1] + (b[:, 2:3] - b[:, 0:1]) * t  # (N, P)
     ys = b[:, 1:2] + (b[:, 3:4] - b[:, 1:2]) * t
-    # grid_sample's round trip: normalised grid, then back to the pixel index (align_corners=False)
-    wf, hf = width.to(boxes.dtype)[:, None], height.to(boxes.dtype)[:, None]
-    ix = (((xs * (2.0 / wf) - 1.0).to(flat.dtype) + 1) * wf.to(flat.dtype) - 1) / 2
-    iy = (((ys * (2.0 / hf) - 1.0).to(flat.dtype) + 1) * hf.to(flat.dtype) - 1) / 2
-    x0f, y0f = torch.floor(ix), torch.floor(iy)
-    wx1, wy1 = ix - x0f, iy - y0f  # (N, P)
-    x0, y0 = x0f.long(), y0f.long()
-    base = pyramid.offsets[levels] + batch_idx.long() * height * width  # (N,)
-    corners = []
-    for dy in (0, 1):
-        yy = (y0 + dy)[:, :, None]  # (N, P rows, 1)
-        for dx in (0, 1):
-            xx = (x0 + dx)[:, None, :]  # (N, 1, P cols)
-            inside = (yy >= 0) & (yy < height[:, None, None]) & (xx >= 0) & (xx < width[:, None, None])
-            row = base[:, None, None] + yy * width[:, None, None] + xx
-            row = torch.where(inside, row, torch.zeros_like(row))  # any row inside the pyramid; masked below
-            vals = flat.index_select(0, row.reshape(-1)).reshape(n, p, p, channels)
-            corners.append(vals * inside[..., None].to(flat.dtype))
-    c = torch.stack(corners)  # (4, N, P, P, C)
-    wx1b, wy1b = wx1[:, None, :].expand(n, p, p), wy1[:, :, None].expand(n, p, p)
-    weights = torch.stack([1 - wx1b, wx1b, 1 - wy1b, wy1b])
-    wx0, wx1, wy0, wy1 = (w[..., None] for w in weights)
-    vals = wy0 * (wx0 * c[0] + wx1 * c[1]) + wy1 * (wx0 * c[2] + wx1 * c[3])  # (N, P, P, C)
-    feats = vals.reshape(n, s, r, s, r, channels).mean(dim=(2, 4))
-    return RoIGridSamples(feats, c, weights, t, 1.0 / stride)
+    ix = _grid_sample_index(xs, pyramid.widths[levels].to(boxes.dtype)[:, None], dtype)
+    iy = _grid_sample_index(ys, pyramid.heights[levels].to(boxes.dtype)[:, None], dtype)
+    ix, iy = ix[:, None, :].expand(n, p, p), iy[:, :, None].expand(n, p, p)  # (N, P rows, P cols)
+    bil = bilinear_gather(pyramid, batch_idx, levels, ix.reshape(n, p * p), iy.reshape(n, p * p))
+    feats = bil.values.reshape(n, s, r, s, r, pyramid.flat.shape[1]).mean(dim=(2, 4))
+    return RoIGridSamples(feats, bil, t, 1.0 / stride)
 
 
 def roi_grid_box_grad(samples: RoIGridSamples, grad_features: Tensor, sampling_ratio: int = 2) -> Tensor:
@@ -145,23 +186,96 @@ def roi_grid_box_grad(samples: RoIGridSamples, grad_features: Tensor, sampling_r
         grad_features: (N, S, S, C) d(something)/d ``samples.features``.
     Returns:
         (N, 4) d(something)/d (x1, y1, x2, y2), in image pixels: each sample point passes its bin's
-        gradient / R^2 on; its value moves with its x (resp. y) index by wy0 (v01 - v00) + wy1 (v11
-        - v10) (resp. wx0 (v10 - v00) + wx1 (v11 - v01)), with the floor held, as ``grid_sample``'s
-        own backward does (at an integer index the derivative is the right-hand one); the point's x
-        is x1 / s (1 - t) + x2 / s t, and likewise y.
+        gradient / R^2 on (``bilinear_index_grad`` gives its x / y derivatives); the point's x is
+        x1 / s (1 - t) + x2 / s t, and likewise y.
     """
     n, s, _, channels = grad_features.shape
     r = sampling_ratio
     p = s * r
-    g = (grad_features / (r * r))[:, :, None, :, None, :].expand(n, s, r, s, r, channels).reshape(n, p, p, channels)
-    a00, a01, a10, a11 = (samples.corners * g).sum(-1)  # (N, P, P) each: <gradient, corner value>
-    wx0, wx1, wy0, wy1 = samples.weights
-    d_ix = wy0 * (a01 - a00) + wy1 * (a11 - a10)  # (N, P rows, P cols)
-    d_iy = wx0 * (a10 - a00) + wx1 * (a11 - a01)
-    gx, gy = d_ix.sum(1).to(samples.t.dtype), d_iy.sum(2).to(samples.t.dtype)  # (N, P) per column / row
+    g = (grad_features / (r * r))[:, :, None, :, None, :].expand(n, s, r, s, r, channels).reshape(n, p * p, channels)
+    d_ix, d_iy = bilinear_index_grad(samples.bilinear, g)
     t = samples.t
+    gx = d_ix.reshape(n, p, p).sum(1).to(t.dtype)  # (N, P) per column
+    gy = d_iy.reshape(n, p, p).sum(2).to(t.dtype)  # per row
     inv = samples.inv_stride[:, None]
     return torch.stack([(gx * (1 - t)).sum(1), (gy * (1 - t)).sum(1), (gx * t).sum(1), (gy * t).sum(1)], 1) * inv
+
+
+class BEVGridSamples(NamedTuple):
+    """What ``rotated_bev_features`` computed and ``rotated_bev_box_grad`` needs again."""
+    features: Tensor  # (N, n_w, n_l, C) channels last
+    bilinear: BilinearSamples  # the n_w x n_l points of each box, row-major (width, length)
+    rel_x: Tensor  # (N, n_w, n_l) each point's offset from the box centre, metres
+    rel_y: Tensor
+    u: Tensor  # (n_l,) the points' offsets along a unit length
+    v: Tensor  # (n_w,) across a unit width
+    cos: Tensor  # (N, 1, 1) of the yaw
+    sin: Tensor
+    scale: Tensor  # (2,) map pixels per metre along x and y
+
+
+def rotated_bev_features(pyramid: FlatPyramid, boxes: Tensor, batch_idx: Tensor, bev_range: Sequence[float],
+                         grid_size: Sequence[int] = (4, 7)) -> BEVGridSamples:
+    """``sampling.rotated_bev_grid_sample`` on a flattened BEV map (level 0 of ``pyramid``), by gathers.
+
+    Point (i, j) of box (x, y, l, w, yaw) is the centre + l u_j (cos, sin) + w v_i (-sin, cos),
+    u_j = (j + 0.5) / n_l - 0.5, v_i = (i + 0.5) / n_w - 0.5, in metres; the map covers
+    ``bev_range`` (x_min, y_min, x_max, y_max), W along x and H along y, pixel centres at
+    integer + 0.5, read by ``bilinear_gather``.
+
+    Args:
+        pyramid: ``flatten_pyramid([bev], ...)`` of the (B, C, H, W) BEV map.
+        boxes: (N, >= 7) LiDAR boxes (x, y, z, l, w, h, yaw).
+        batch_idx: (N,) long, each box's frame.
+        grid_size: (n_w, n_l).
+    Returns:
+        ``BEVGridSamples``; ``.features`` (N, n_w, n_l, C) equals ``rotated_bev_grid_sample(...)``
+        (N, C, n_w, n_l) permuted to channels last.
+    """
+    n_w, n_l = grid_size
+    n, dt = boxes.shape[0], boxes.dtype
+    u = (torch.arange(n_l, device=boxes.device, dtype=dt) + 0.5) / n_l - 0.5
+    v = (torch.arange(n_w, device=boxes.device, dtype=dt) + 0.5) / n_w - 0.5
+    lu = boxes[:, 3:4, None] * u  # (N, 1, n_l)
+    wv = boxes[:, 4:5, None] * v[:, None]  # (N, n_w, 1)
+    cos, sin = boxes[:, 6:7, None].cos(), boxes[:, 6:7, None].sin()
+    rel_x, rel_y = lu * cos - wv * sin, lu * sin + wv * cos  # (N, n_w, n_l)
+    x0, y0, x1, y1 = (float(c) for c in bev_range)
+    width, height = pyramid.widths[0].to(dt), pyramid.heights[0].to(dt)
+    # (W / (x1 - x0)) rounded once to the boxes' dtype, as the eager sampler's Python float is
+    scale = torch.stack([pyramid.widths[0].double() / (x1 - x0), pyramid.heights[0].double() / (y1 - y0)]).to(dt)
+    # the eager sampler's order of operations, so float32 rounds alike
+    px = (boxes[:, 0:1, None] + lu * cos - wv * sin - x0) * scale[0]
+    py = (boxes[:, 1:2, None] + lu * sin + wv * cos - y0) * scale[1]
+    levels = torch.zeros_like(batch_idx)
+    dtype = pyramid.flat.dtype
+    bil = bilinear_gather(pyramid, batch_idx, levels, _grid_sample_index(px, width, dtype).reshape(n, n_w * n_l),
+                          _grid_sample_index(py, height, dtype).reshape(n, n_w * n_l))
+    return BEVGridSamples(bil.values.reshape(n, n_w, n_l, pyramid.flat.shape[1]), bil, rel_x, rel_y, u, v, cos, sin, scale)
+
+
+def rotated_bev_box_grad(samples: BEVGridSamples, grad_features: Tensor) -> Tensor:
+    """The chain rule from the BEV grid features to the box.
+
+    Args:
+        samples: ``rotated_bev_features``' output for the boxes.
+        grad_features: (N, n_w, n_l, C) d(something)/d ``samples.features``.
+    Returns:
+        (N, 7) d(something)/d (x, y, z, l, w, h, yaw); z and h do not move the grid (0). With
+        (gx, gy) a point's gradient in metres: x, y take the sum of gx, gy; l the sum of u (gx cos +
+        gy sin); w the sum of v (gy cos - gx sin); yaw the sum of gy rel_x - gx rel_y.
+    """
+    n, n_w, n_l, channels = grad_features.shape
+    d_ix, d_iy = bilinear_index_grad(samples.bilinear, grad_features.reshape(n, n_w * n_l, channels))
+    dt = samples.rel_x.dtype
+    gx = d_ix.reshape(n, n_w, n_l).to(dt) * samples.scale[0]
+    gy = d_iy.reshape(n, n_w, n_l).to(dt) * samples.scale[1]
+    cos, sin = samples.cos, samples.sin
+    d_l = ((gx * cos + gy * sin) * samples.u).sum((1, 2))
+    d_w = ((gy * cos - gx * sin) * samples.v[:, None]).sum((1, 2))
+    d_yaw = (gy * samples.rel_x - gx * samples.rel_y).sum((1, 2))
+    zero = torch.zeros_like(d_l)
+    return torch.stack([gx.sum((1, 2)), gy.sum((1, 2)), zero, d_l, d_w, zero, d_yaw], 1)
 
 
 class MLPWeights(NamedTuple):
@@ -182,11 +296,7 @@ def mlp_score_and_grad(mlp: MLPWeights, x: Tensor, labels: Optional[Tensor],
     Returns:
         (f (N,), df/dx (N, D) or None). The ReLU masks are (h > 0), autograd's rule for ReLU.
     """
-    hidden = []
-    h = x
-    for w, b in zip(mlp.weights[:-1], mlp.biases[:-1]):
-        h = torch.relu(h @ w.t() + b)
-        hidden.append(h)
+    h, hidden = relu_mlp(MLPWeights(mlp.weights[:-1], mlp.biases[:-1]), x) if len(mlp.weights) > 1 else (x, ())
     w_out, b_out = mlp.weights[-1], mlp.biases[-1]
     out = h @ w_out.t() + b_out  # (N, K): every class, as the module computes it
     if labels is None or w_out.shape[0] == 1:
@@ -195,19 +305,31 @@ def mlp_score_and_grad(mlp: MLPWeights, x: Tensor, labels: Optional[Tensor],
         f, rows = out.gather(1, labels.long()[:, None])[:, 0], w_out[labels.long()]
     if not need_grad:
         return f, None
-    g = rows
-    for w, h in zip(reversed(mlp.weights[:-1]), reversed(hidden)):
+    return f, _relu_backprop(mlp.weights[:-1], hidden, rows)
+
+
+def _relu_backprop(weights: Sequence[Tensor], hidden: Sequence[Tensor], g: Tensor) -> Tensor:
+    """g (N, out of the last of ``weights``) back through ReLU(h @ w.t() + b) layers whose outputs
+    were ``hidden``: the ReLU masks (h > 0), autograd's rule, then the transposed weights."""
+    for w, h in zip(reversed(weights), reversed(hidden)):
         g = (g * (h > 0).to(g.dtype)) @ w
-    return f, g
+    return g
 
 
-def relative_box2d_grad(grad_boxes: Tensor, y: Tensor, ref: Tensor) -> Tensor:
-    """df/d(x1, y1, x2, y2) (N, 4) -> df/dy for y = (cx/w0, cy/h0, log w, log h) (``RelativeBox2DSpace``,
-    boxes = decode(y, ref)): x1, x2 = cx -/+ w / 2 with cx = y0 w0, w = exp(y2), and likewise y."""
-    ref_wh = ref[:, 2:] - ref[:, :2]
-    half = y[:, 2:].exp() * 0.5
-    g1, g2 = grad_boxes[:, :2], grad_boxes[:, 2:]
-    return torch.cat([(g1 + g2) * ref_wh, (g2 - g1) * half], dim=1)
+def relu_mlp(mlp: MLPWeights, x: Tensor) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """A stack Linear -> ReLU -> ... -> Linear -> ReLU (a ReLU after every layer, as the 3D head's
+    z / h encoders): (N, D) -> (output, every layer's output, for ``relu_mlp_input_grad``)."""
+    hidden = []
+    h = x
+    for w, b in zip(mlp.weights, mlp.biases):
+        h = torch.relu(h @ w.t() + b)
+        hidden.append(h)
+    return h, tuple(hidden)
+
+
+def relu_mlp_input_grad(mlp: MLPWeights, hidden: Sequence[Tensor], grad_out: Tensor) -> Tensor:
+    """(N, out) d(something)/d ``relu_mlp``'s output -> (N, D) d(something)/d its input."""
+    return _relu_backprop(mlp.weights, hidden, grad_out)
 
 
 def select_for_refinement_static(scores: Tensor, valid: Tensor, batch_idx: Tensor, score_thr: float,
@@ -227,7 +349,7 @@ def select_for_refinement_static(scores: Tensor, valid: Tensor, batch_idx: Tenso
 
 
 class StaticRefined(NamedTuple):
-    boxes: Tensor  # (N, 4) the refined box where ``refined``, else the input box
+    boxes: Tensor  # (N, D) the refined box where ``refined``, else the input box
     ebm_scores: Tensor  # (N,) float32 f at the output box; -inf where not refined
     init_scores: Tensor  # (N,) float32 f at the input box; -inf where not selected
     refined: Tensor  # (N,) bool, as ``RefinedBoxes.refined``
@@ -235,33 +357,37 @@ class StaticRefined(NamedTuple):
     attempted: Tensor  # (N,) long: ascent steps each box took part in (0 where not selected)
 
 
-def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: RefineConfig,
-                           codec: Box2DCodec, scores: Optional[Tensor] = None,
-                           img_shapes: Optional[Tensor] = None) -> StaticRefined:
-    """``refine.refine_boxes`` for 2D boxes as a fixed-shape graph: every box goes through all T steps,
-    and every per-box decision (selection, accept or revert, halving, convergence, validity, gate)
-    is a ``torch.where``. The boxes that are not selected are carried along on a stand-in box and
-    dropped at the end, so nothing has a size that depends on the data and nothing waits for the
-    host.
+def static_refine_boxes(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: RefineConfig,
+                        codec: BoxCodec, scores: Optional[Tensor] = None,
+                        img_shapes: Optional[Tensor] = None) -> StaticRefined:
+    """``refine.refine_boxes`` as a fixed-shape graph, for any box type: every box goes through all T
+    steps, and every per-box decision (selection, accept or revert, halving, convergence, validity,
+    gate) is a ``torch.where``. The boxes that are not selected are carried along on the codec's
+    stand-in box and dropped at the end, so nothing has a size that depends on the data and
+    nothing waits for the host.
 
     Args:
-        energy: f and df/dboxes at pixel boxes (``BoxEnergy``), e.g. ``EBMBoxHead``'s through
-            ``ebm_det.deploy.StaticBoxRefiner``; it is called with the selected start boxes as
-            context (their FPN level is held fixed).
-        boxes: (N, 4) network-input pixels (x1, y1, x2, y2), float32 or float64.
+        energy: f and df/dboxes at native boxes (``BoxEnergy``): ``EBMBoxHead``'s or
+            ``EBMBoxHead3D``'s through ``ebm_det.deploy.StaticBoxRefiner`` / ``StaticBoxRefiner3D``;
+            it is called with the selected start boxes as context (2D: their FPN level is held
+            fixed).
+        boxes: (N, D) boxes in the frame of the features (2D: network-input pixels x1, y1, x2, y2;
+            LiDAR: x, y, z, l, w, h, yaw in metres and radians), float32 or float64.
         batch_idx, labels: (N,) long.
         cfg: the settings (``num_steps``, ``step_sizes``, ``decay``, ``tol``, ``score_thr``,
             ``max_per_img``, ``min_gain``); ``chunk_size`` is ignored (boxes are independent);
             ``autocast`` is refused (the scores would not be the ones the eager path compares).
-        codec: the validity rule, the clipping and the default step sizes.
+        codec: the box space (steps, ``project``, ``decode_vjp``), the validity rule, the clipping,
+            the default step sizes and the stand-in box.
         scores: (N,) detection scores for ``score_thr`` / ``max_per_img``; None selects every valid box.
-        img_shapes: (B, 2) (h, w) per image, for clipping; None: no clipping.
+        img_shapes: (B, 2) (h, w) per image, for clipping (a codec that ``clips_to_image``); None:
+            no clipping.
     Returns:
         ``StaticRefined``; equal (up to float rounding) to ``refine_boxes`` with ``head.refine``'s
         ``RefineResult.accepted`` / ``attempted`` spread over the input boxes.
     """
     if cfg.autocast is not None:
-        raise ValueError('static_refine_boxes_2d runs in the dtype of its inputs; autocast is not supported')
+        raise ValueError('static_refine_boxes runs in the dtype of its inputs; autocast is not supported')
     n = boxes.shape[0]
     shapes = None if img_shapes is None else img_shapes.to(boxes.device)[batch_idx]
     valid = codec.valid(boxes)
@@ -269,19 +395,18 @@ def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, 
         valid = valid & codec.in_frame(boxes, shapes)
     sel = valid if scores is None else select_for_refinement_static(scores, valid, batch_idx, cfg.score_thr,
                                                                     cfg.max_per_img)
-    stand_in = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(n, 4)  # any valid box; its results are dropped
+    stand_in = boxes.new_tensor(codec.stand_in).expand(n, codec.dim)  # its results are dropped
     start = torch.where(sel[:, None], boxes, stand_in)
     ref = start
-    y = codec.space.encode(start, ref, check=False)  # every row valid: the selected box or the stand-in
+    space = codec.space
+    y = space.encode(start, ref, check=False)  # every row valid: the selected box or the stand-in
     # RefineConfig checked the values when it was built (and step_sizes_for their number); re-checking
     # them here would be Python control flow on every trace
     lam = y.new_tensor(codec.default_step_sizes if cfg.step_sizes is None else cfg.step_sizes).expand(n, codec.dim)
-    decode = codec.space.decode
-
     def score_and_grad(yy: Tensor) -> Tuple[Tensor, Tensor]:
-        f, g = energy(decode(yy, ref), start, True)
+        f, g = energy(space.decode(yy, ref), start, True)
         f = f.to(torch.promote_types(f.dtype, torch.float32))
-        return f, relative_box2d_grad(g, yy, ref)
+        return f, space.decode_vjp(g, yy, ref)
 
     f, grad = score_and_grad(y)
     init = f
@@ -289,7 +414,7 @@ def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, 
     accepted = torch.zeros(n, dtype=torch.long, device=boxes.device)
     attempted = torch.zeros_like(accepted)
     for _ in range(cfg.num_steps):
-        cand = y + lam * grad
+        cand = space.project(y + lam * grad)
         cand_f, cand_grad = score_and_grad(cand)
         better = (cand_f >= f) & active  # False for NaN
         keep = better[:, None]
@@ -301,11 +426,14 @@ def static_refine_boxes_2d(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, 
         attempted = attempted + active.long()
         if cfg.tol > 0:
             active = active & ((lam * grad).abs().amax(-1) >= cfg.tol)
-    ascended = decode(y, ref).to(boxes.dtype)
-    out = codec.clip(ascended, shapes, ref=start)
-    clipped = (out != ascended).any(-1)
-    rescored, _ = energy(out, start, False)  # f where clipping moved the box, at its refinement's level
-    out_f = torch.where(clipped, rescored.float(), f.float())
+    ascended = space.decode(space.project(y), ref).to(boxes.dtype)
+    out_f = f.float()
+    out = ascended
+    if codec.clips_to_image and shapes is not None:
+        out = codec.clip(ascended, shapes, ref=start)
+        clipped = (out != ascended).any(-1)
+        rescored, _ = energy(out, start, False)  # f where clipping moved the box, at its refinement's level
+        out_f = torch.where(clipped, rescored.float(), out_f)
     init = init.float()
     # a box no step moved comes back exactly, not round-tripped through the box space
     kept = sel & (accepted > 0) & codec.valid(out) & (out_f >= init + cfg.gain_margin(labels))

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ebm_det.core import RefineConfig
 from ebm_det.core.static_refine import (MLPWeights, flatten_pyramid, map_fpn_levels, mlp_score_and_grad,
-                                        roi_grid_box_grad, roi_grid_features, static_refine_boxes_2d)
+                                        roi_grid_box_grad, roi_grid_features, static_refine_boxes)
 
 INPUT_NAMES = ('boxes', 'scores', 'labels', 'batch_idx', 'img_shapes')
 OUTPUT_NAMES = ('refined_boxes', 'ebm_scores', 'ebm_init_scores', 'refined')
@@ -99,7 +99,7 @@ class StaticBoxRefiner(nn.Module):
                 return f, None
             return f, roi_grid_box_grad(samples, g.reshape(samples.features.shape), r)
 
-        out = static_refine_boxes_2d(energy, boxes, batch_idx, labels, self.cfg, head.codec, scores, img_shapes)
+        out = static_refine_boxes(energy, boxes, batch_idx, labels, self.cfg, head.codec, scores, img_shapes)
         return out.boxes, out.ebm_scores, out.init_scores, out.refined
 
 
