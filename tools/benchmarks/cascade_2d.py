@@ -21,14 +21,13 @@ refinement where there is one.
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tools.benchmarks.shapes_2d import (KEYS, ROOT, TIMING_BATCHES, WORK, demo_env, load_model_and_batches,
-                                       test_checkpoint, time_refinement)
+from tools.benchmarks.common import ROOT, median_seconds, test_checkpoint, write_report
+from tools.benchmarks.shapes_2d import (EBM_CFG, KEYS, TIMING_BATCHES, WORK, demo_env, load_model_and_batches,
+                                        time_refinement)
 
 CASCADE_CFG = 'configs/cascade-rcnn_r18_fpn_shapes.py'
 CASCADE_EBM_CFG = 'configs/cascade-rcnn_r18_fpn_ebm-nceplus_shapes.py'
@@ -84,12 +83,13 @@ def time_detector(work: Path, data: str, config: str) -> float:
     """ms per image of a plain detector's ``predict`` on the first val batches (in this process)."""
     import torch
     model, batches = load_model_and_batches(work, data, TIMING_BATCHES, 'det', config=config)
-    with torch.no_grad():
-        model.predict(batches[0]['inputs'], batches[0]['data_samples'])  # warm-up
-        t = time.perf_counter()
+
+    def predict_all():
         for b in batches:
             model.predict(b['inputs'], b['data_samples'])
-        seconds = time.perf_counter() - t
+
+    with torch.no_grad():
+        seconds = median_seconds(predict_all, repeats=1)
     return 1000 * seconds / sum(len(b['data_samples']) for b in batches)
 
 
@@ -118,10 +118,10 @@ def main() -> None:
     def checkpoint(folder: str, sub: str) -> str:
         return (ROOT / folder / sub / 'last_checkpoint').read_text().strip()
 
-    faster = test_checkpoint(checkpoint(args.work, 'ebm'), args.data, work / 'cascade_faster_ebm.json')
-    cascade = test_checkpoint(checkpoint(full, 'det'), args.data, ROOT / full / 'metrics.json', config=CASCADE_CFG)
-    cascade_ebm = test_checkpoint(checkpoint(short, 'ebm'), args.data, ROOT / short / 'metrics.json',
-                                  config=CASCADE_EBM_CFG)
+    faster = test_checkpoint(EBM_CFG, checkpoint(args.work, 'ebm'), work / 'cascade_faster_ebm.json', data=args.data)
+    cascade = test_checkpoint(CASCADE_CFG, checkpoint(full, 'det'), ROOT / full / 'metrics.json', data=args.data)
+    cascade_ebm = test_checkpoint(CASCADE_EBM_CFG, checkpoint(short, 'ebm'), ROOT / short / 'metrics.json',
+                                  data=args.data)
     t_faster = time_refinement(work, args.data)
     t_cascade_ebm = time_refinement(ROOT / short, args.data, config=CASCADE_EBM_CFG)
     ms_cascade = time_detector(ROOT / full, args.data, CASCADE_CFG)
@@ -145,10 +145,7 @@ def main() -> None:
         rows += ['', f"{label}: {t['matched']} matched detections, mean IoU {t['iou_before']:.3f} -> "
                      f"{t['iou_after']:.3f}, {100 * t['improved']:.0f}% improved; refinement {t['refine_ms']:.0f} ms / "
                      f"image against the detector's {t['det_ms']:.0f}"]
-    text = '\n'.join(rows) + '\n'
-    print(text)
-    (ROOT / args.out).parent.mkdir(parents=True, exist_ok=True)
-    (ROOT / args.out).write_text(text)
+    write_report('\n'.join(rows) + '\n', args.out)
 
 
 if __name__ == '__main__':

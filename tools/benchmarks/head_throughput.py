@@ -13,7 +13,6 @@ refined boxes from one pass). Training time at a checkpoint is the checkpoint fi
 run started (so it includes start-up). Writes a markdown table and a plot (``.png`` beside it).
 """
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -21,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from tools.benchmarks.shapes_2d import ROOT, WORK, require_detector, test_checkpoint
+from tools.benchmarks.common import ROOT, figure, test_checkpoint, write_report
+from tools.benchmarks.shapes_2d import EBM_CFG, WORK, require_detector
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
 # the head's optimiser on the shapes config's 600-iteration step schedule (no warm-up)
@@ -66,10 +66,8 @@ def train(args, k: int, optimizer: str) -> tuple:
 
 def test(args, checkpoint: Path) -> dict:
     """COCO metrics of one checkpoint (refined ``coco/``, the detector's ``coco_init/``)."""
-    out = checkpoint.with_suffix('.metrics.json')
-    if not out.exists():
-        test_checkpoint(checkpoint, args.data, out, work_dir=ROOT / args.work / 'test')
-    return json.loads(out.read_text())
+    return test_checkpoint(EBM_CFG, checkpoint, checkpoint.with_suffix('.metrics.json'),
+                           work_dir=ROOT / args.work / 'test', data=args.data, reuse=True)
 
 
 def curve(args, k: int, optimizer: str) -> list:
@@ -90,22 +88,16 @@ def curve(args, k: int, optimizer: str) -> list:
 
 
 def plot(curves: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for k, rows in curves.items():
-        minutes = [r[1] for r in rows]
-        for ax, col in zip(axes, (2, 3)):
-            ax.plot(minutes, [r[col] for r in rows], 'o-', label=k)
-    for ax, name in zip(axes, ('AP', 'AP75')):
-        ax.set_xlabel('EBM training time (min, 2 CPU cores)')
-        ax.set_ylabel(f'{name} gain over the detector (points)')
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path) as axes:
+        for k, rows in curves.items():
+            minutes = [r[1] for r in rows]
+            for ax, col in zip(axes, (2, 3)):
+                ax.plot(minutes, [r[col] for r in rows], 'o-', label=k)
+        for ax, name in zip(axes, ('AP', 'AP75')):
+            ax.set_xlabel('EBM training time (min, 2 CPU cores)')
+            ax.set_ylabel(f'{name} gain over the detector (points)')
+            ax.grid(alpha=0.3)
+            ax.legend()
 
 
 def main() -> None:
@@ -124,9 +116,7 @@ def main() -> None:
         lines += [f'| {k} | {it} | {mins:.1f} | {ap:+.1f} | {ap75:+.1f} | {a:.1f} | {a75:.1f} |'
                   for it, mins, ap, ap75, a, a75 in rows]
     lines += ['', f'![AP gain against training time]({out.with_suffix(".png").name})']
-    text = '\n'.join(lines) + '\n'
-    out.write_text(text)
-    print(text)
+    write_report('\n'.join(lines) + '\n', out)
 
 
 if __name__ == '__main__':

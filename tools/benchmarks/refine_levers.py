@@ -11,9 +11,9 @@ and, in this process, the detector's and the refinement's time per image on the 
 """
 import argparse
 import sys
-from pathlib import Path
 
-from tools.benchmarks.shapes_2d import ROOT, WORK, require_detector, test_checkpoint, time_refinement
+from tools.benchmarks.common import ROOT, test_checkpoint, write_report
+from tools.benchmarks.shapes_2d import EBM_CFG, WORK, require_detector, time_refinement
 
 LEVERS = {  # each sets T, so that a lever means the same whatever the config's default T
     'float32': ['model.test_cfg.num_steps=10'],
@@ -49,17 +49,14 @@ def main() -> None:
     for name in args.levers:
         options = [*args.head_options, *LEVERS[name]]
         prefix = 'levers' if args.ebm_dir == 'ebm' else f'levers_{args.ebm_dir}'  # one file per head and lever
-        m = test_checkpoint(ckpt, args.data, work / f'{prefix}_{name}.json', options, work / 'test')
+        m = test_checkpoint(EBM_CFG, ckpt, work / f'{prefix}_{name}.json', options, work / 'test', data=args.data)
         t = time_refinement(work, args.data, args.ebm_dir, options)
         if name == args.levers[0]:
             lines.append(f"| detector | {100 * m['coco_init/bbox_mAP']:.1f} | {100 * m['coco_init/bbox_mAP_75']:.1f} | "
                          f"{m['refine/iou_init']:.4f} | | | |")
         lines.append(f"| {name} | {100 * m['coco/bbox_mAP']:.1f} | {100 * m['coco/bbox_mAP_75']:.1f} | "
                      f"{m['refine/iou']:.4f} | {t['det_ms']:.0f} | {t['refine_ms']:.0f} | {t['ratio']:.2f} |")
-    text = '\n'.join(lines) + '\n'
-    print(text)
-    (ROOT / args.out).parent.mkdir(parents=True, exist_ok=True)
-    (ROOT / args.out).write_text(text)
+    write_report('\n'.join(lines) + '\n', args.out)
 
 
 if __name__ == '__main__':

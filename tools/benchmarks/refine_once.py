@@ -6,13 +6,13 @@ check of head and sampler levers:
         [--compile] [--amp bfloat16] [--profile]
 """
 import argparse
-import time
 
 import torch
 
 import ebm_det  # noqa: F401
 from ebm_det.core import RefineConfig, refine_boxes
 from ebm_det.models import EBMBoxHead
+from tools.benchmarks.common import median_seconds
 
 
 def main() -> None:
@@ -40,7 +40,6 @@ def main() -> None:
     boxes = torch.cat([xy, xy + 16 + torch.rand(n, 2, generator=g) * 280], 1)
     idx = torch.zeros(n, dtype=torch.long)
     shapes = torch.tensor([[800, 1344]])
-    times = []
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     head, boxes, idx, shapes = (t.to(device) for t in (head, boxes, idx, shapes))
     feats = [f.to(device) for f in feats]
@@ -50,18 +49,13 @@ def main() -> None:
                             img_shapes=shapes)
 
     with torch.no_grad():
-        run(2)
-        for _ in range(3):
-            t = time.perf_counter()
-            res = run(10)
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
+        res = run(10)  # the checksum's
+        seconds = median_seconds(lambda: run(10), repeats=3)
         if args.profile:
             with torch.profiler.profile() as prof:
                 run(10)
             print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15))
-    print(f'refine {n} boxes, T=10, {vars(args)}: median {sorted(times)[1]:.3f} s '
+    print(f'refine {n} boxes, T=10, {vars(args)}: median {seconds:.3f} s '
           f'(checksum {float(res.boxes.sum()):.3f})')
 
 

@@ -21,13 +21,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from ebm_det.core import RefineConfig, refine_boxes
+from tools.benchmarks.common import ROOT, load_model, median_seconds, write_report
 
-ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 80  # COCO: the random boxes' labels and the memory test's head
 IMAGE_SIZE = (800, 1344)  # (h, w): 800x1333 padded to a multiple of 32
 GT_PER_IMAGE = 10
@@ -41,35 +40,6 @@ MEMORY_COUNTS = (100, 1000, 3000, 10000)
 MEMORY_CHUNK = 1000
 MEMORY_STEPS = 2
 MEMORY_POLL_S = 0.002
-
-
-def timed(fn, repeats: int, device: str) -> float:
-    """Median wall time of fn() over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
-def build_detector(config: str, device: str, lidar: bool = False, cfg_options: dict = None):
-    """``configs/<config>`` with random weights (no checkpoint; ``init_weights`` is not called, so
-    nothing is downloaded), in eval mode on ``device``: ``init_detector``, or mmdet3d's
-    ``init_model`` for a LiDAR config."""
-    import ebm_det  # noqa: F401  (registers the modules)
-    if device == 'cuda':
-        device = f'cuda:{torch.cuda.current_device()}'  # init_model's torch.cuda.set_device needs an index
-    if lidar:
-        from mmdet3d.apis import init_model
-        return init_model(str(ROOT / 'configs' / config), device=device)
-    from mmdet.apis import init_detector
-    return init_detector(str(ROOT / 'configs' / config), device=device, cfg_options=cfg_options)
 
 
 def fake_batch(batch: int, device: str, h: int = IMAGE_SIZE[0], w: int = IMAGE_SIZE[1],
@@ -109,13 +79,13 @@ def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_i
                              steps=(STEPS, ), autocasts=(None, ), fc_channels: int = 1024):
     """Rows per batch size, per number of steps T in ``steps`` and per ``RefineConfig.autocast``
     setting (the detector timed once per batch size)."""
-    wrapper = build_detector(config, device, cfg_options={'model.ebm_head.fc_channels': fc_channels})
+    wrapper = load_model(f'configs/{config}', device=device, options={'model.ebm_head.fc_channels': fc_channels})
     head = wrapper.ebm_head
     rows = []
     for batch in (1, 2):
         inputs, samples = fake_batch(batch, device)
         with torch.no_grad():  # the inner detector's own prediction (and, from the same pass, its features)
-            t_det = timed(lambda: wrapper.detect(inputs, samples, refine=False), repeats, device)
+            t_det = median_seconds(lambda: wrapper.detect(inputs, samples, refine=False), repeats)
             _, feats = wrapper.detect(inputs, samples, refine=False)
         boxes, bidx, labels = random_boxes(batch, boxes_per_img, inputs.shape[2], inputs.shape[3], device)
         shapes = torch.tensor([[inputs.shape[2], inputs.shape[3]]] * batch, device=device)
@@ -123,12 +93,12 @@ def bench_refine_vs_detector(config: str, device: str, repeats: int, boxes_per_i
             cfg = RefineConfig(num_steps=num_steps, autocast=autocast)
             amp = torch.autocast(device, dtype=getattr(torch, autocast or 'float32'), enabled=autocast is not None)
             with torch.no_grad():
-                t_ref = timed(lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg, img_shapes=shapes), repeats,
-                              device)
+                t_ref = median_seconds(
+                    lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg, img_shapes=shapes), repeats)
                 fmaps = head.prepare_features(feats)
                 levels = head.map_levels(boxes)
                 with amp:
-                    t_fwd = timed(lambda: head.score(fmaps, boxes, bidx, labels, levels=levels), repeats, device)
+                    t_fwd = median_seconds(lambda: head.score(fmaps, boxes, bidx, labels, levels=levels), repeats)
             name = config.split('_ebm')[0] + (f', fc {fc_channels}' if fc_channels != 1024 else '') + \
                 (f', T={num_steps}' if num_steps != STEPS else '') + (f', autocast {autocast}' if autocast else '')
             rows.append(_row(name, batch, len(boxes), num_steps, t_det, t_ref, t_fwd))
@@ -148,7 +118,7 @@ def bench_refine_vs_pointpillars(device: str, repeats: int, boxes_per_frame: int
                                  steps: int = STEPS, points: int = CLOUD_POINTS):
     """The same for the full-scale PointPillars car config: a random cloud over KITTI's range."""
     from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
-    wrapper = build_detector('pointpillars_hv_secfpn_ebm-nce_kitti-3d-car.py', device, lidar=True)
+    wrapper = load_model('configs/pointpillars_hv_secfpn_ebm-nce_kitti-3d-car.py', device=device, lidar=True)
     head = wrapper.ebm_head
     cfg = RefineConfig(num_steps=steps)
     g = torch.Generator().manual_seed(0)
@@ -164,22 +134,22 @@ def bench_refine_vs_pointpillars(device: str, repeats: int, boxes_per_frame: int
             return wrapper.detect(pre['inputs'], pre['data_samples'], refine=False)
 
         with torch.no_grad():
-            t_det = timed(detect, repeats, device)
+            t_det = median_seconds(detect, repeats)
             _, feats = detect()
         n = batch * boxes_per_frame
         boxes = random_lidar_boxes(n, g, device)
         bidx = torch.arange(batch, device=device).repeat_interleave(boxes_per_frame)
         labels = torch.zeros(n, dtype=torch.long, device=device)
         with torch.no_grad():
-            t_ref = timed(lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg), repeats, device)
+            t_ref = median_seconds(lambda: refine_boxes(head, feats, boxes, bidx, labels, cfg), repeats)
             bev = head.prepare_features(feats)
-            t_fwd = timed(lambda: head.score(bev, boxes, bidx, labels), repeats, device)
+            t_fwd = median_seconds(lambda: head.score(bev, boxes, bidx, labels), repeats)
         rows.append(_row('pointpillars_kitti-3d-car', batch, n, steps, t_det, t_ref, t_fwd))
     return rows
 
 
 def bench_train_overhead(device: str, repeats: int):
-    wrapper = build_detector('faster-rcnn_r50_fpn_ebm-nceplus_1x_coco.py', device)
+    wrapper = load_model('configs/faster-rcnn_r50_fpn_ebm-nceplus_1x_coco.py', device=device)
     det = wrapper.detector
     inputs, samples = fake_batch(2, device)
     det.train()
@@ -189,7 +159,7 @@ def bench_train_overhead(device: str, repeats: int):
         losses = det.loss(inputs, samples)
         det.parse_losses(losses)[0].backward()
 
-    t_det = timed(det_step, repeats, device)
+    t_det = median_seconds(det_step, repeats)
     det.zero_grad()
     det.requires_grad_(False)
     wrapper.train()
@@ -197,9 +167,9 @@ def bench_train_overhead(device: str, repeats: int):
     def ebm_step():
         wrapper.parse_losses(wrapper.loss(inputs, samples))[0].backward()
 
-    t_ebm = timed(ebm_step, repeats, device)
+    t_ebm = median_seconds(ebm_step, repeats)
     with torch.no_grad():  # the frozen detector's share of the EBM step
-        t_feat = timed(lambda: det.extract_feat(inputs), repeats, device)
+        t_feat = median_seconds(lambda: det.extract_feat(inputs), repeats)
     row = dict(detector_train_step_s=t_det, ebm_train_step_s=t_ebm, ratio=t_ebm / t_det, frozen_features_s=t_feat,
                head_ratio=(t_ebm - t_feat) / t_det)
     print(row, flush=True)
@@ -306,10 +276,10 @@ def main() -> None:
     if 'memory' not in args.skip:
         res['memory'] = bench_memory(args.device)
     md = to_markdown(res, args.device, 'python ' + ' '.join(sys.argv))
-    print(md)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(md)
+        write_report(md, args.out)
+    else:
+        print(md)
 
 
 if __name__ == '__main__':

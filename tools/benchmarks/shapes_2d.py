@@ -15,14 +15,14 @@ on one ``detect`` pass (no refinement) followed by ``refine`` on its features, a
 of the same detections before and after refinement.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools.benchmarks.common import (ROOT, load_model, parse_options, test_batches, test_checkpoint, timed,
+                                     write_report)
+
 EBM_CFG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
 KEYS = ['bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l']
 VARIANTS = {
@@ -38,23 +38,6 @@ MATCH_SCORE = 0.3  # localisation: detections scoring at least this (detector's 
 MATCH_IOU = 0.5  # ... whose initial box overlaps a GT box of their class at least this much
 
 
-def test_checkpoint(checkpoint, data: str, out: Path, options=(), work_dir=None, config: str = EBM_CFG) -> dict:
-    """The metrics of one tools/test.py run of a checkpoint of ``config`` (default ``EBM_CFG``) on
-    the val images of ``data`` with config ``options``, also written to ``out``. For an EBM config:
-    ``coco/...`` (refined), ``coco_init/...`` (the detector's), ``refine/...`` and ``ebm/val_loss``;
-    for a plain detector config (one CocoMetric): ``coco/...``. Shared by the 2D benchmarks
-    (head_throughput.py, small_data.py and cascade_2d.py import it)."""
-    from mmengine.config import Config
-    ann = f'{data}/annotations/instances_val.json'
-    ebm = isinstance(Config.fromfile(str(ROOT / config)).test_evaluator, list)  # CocoMetric + the EBM's metrics
-    evaluator = [f'test_evaluator.0.ann_file={ann}', f'test_evaluator.1.metric.ann_file={ann}'] if ebm else [
-        f'test_evaluator.ann_file={ann}']
-    subprocess.run([sys.executable, 'tools/test.py', config, str(checkpoint), '--work-dir',
-                    str(work_dir or out.parent / 'test'), '--out-json', str(out), '--cfg-options',
-                    f'test_dataloader.dataset.data_root={data}/', *evaluator, *options], check=True, cwd=ROOT)
-    return json.loads(out.read_text())
-
-
 def require_detector(work: str) -> None:
     """SystemExit unless this benchmark has trained its detector into ``work``/det (the sibling
     benchmarks train EBM heads on it)."""
@@ -63,57 +46,41 @@ def require_detector(work: str) -> None:
 
 
 def run_test(work: Path, data: str, options: list, ebm_dir: str = 'ebm') -> dict:
-    """``test_checkpoint`` of the EBM checkpoint in ``work/<ebm_dir>`` with ``options``, and its
-    wall-clock time (``test_seconds``)."""
+    """``test_checkpoint`` of the EBM checkpoint in ``work/<ebm_dir>`` on the val images of ``data``
+    with ``options``, and its wall-clock time (``test_seconds``)."""
     out = work / f'metrics_{len(list(work.glob("metrics_*.json")))}.json'
-    t = time.time()
-    metrics = test_checkpoint((work / ebm_dir / 'last_checkpoint').read_text().strip(), data, out, options,
-                              work / 'test')
-    metrics['test_seconds'] = time.time() - t
-    return metrics
+    metrics, seconds = timed(test_checkpoint, EBM_CFG, (work / ebm_dir / 'last_checkpoint').read_text().strip(), out,
+                             options, work / 'test', data=data)
+    return dict(metrics, test_seconds=seconds)
 
 
 def load_model_and_batches(work: Path, data: str, num_batches: int, ebm_dir: str = 'ebm', options=(),
                            config: str = EBM_CFG):
-    """The trained model of ``config`` in ``work/<ebm_dir>`` (``init_detector``, CPU, config
+    """The trained model of ``config`` in ``work/<ebm_dir>`` (``common.load_model``, CPU, config
     ``options``) and its first ``num_batches`` preprocessed test batches of ``data``."""
-    from mmdet.apis import init_detector
-    from mmengine.config import Config, DictAction
-    from mmengine.runner import Runner
-    cfg = Config.fromfile(str(ROOT / config))
-    cfg.test_dataloader.dataset.data_root = f'{data}/'
-    for option in options:
-        key, value = option.split('=', 1)
-        cfg.merge_from_dict({key: DictAction._parse_iterable(value)})
-    model = init_detector(cfg, (work / ebm_dir / 'last_checkpoint').read_text().strip(), device='cpu')
-    loader = Runner.build_dataloader(cfg.test_dataloader)
-    return model, [model.data_preprocessor(b, False) for _, b in zip(range(num_batches), loader)]
+    model = load_model(config, (work / ebm_dir / 'last_checkpoint').read_text().strip(),
+                       options={'test_dataloader.dataset.data_root': f'{data}/', **parse_options(options)})
+    return model, test_batches(model, num_batches)
 
 
 def timed_detect_and_refine(model, batch: dict):
     """One ``detect`` pass without refinement, then ``refine`` on its features, then ``rescale``:
     (results, detector seconds, refinement seconds)."""
-    t0 = time.perf_counter()
-    results, feats = model.detect(batch['inputs'], batch['data_samples'], rescale=False, refine=False)
-    t1 = time.perf_counter()
-    model.refine(feats, results)
-    t2 = time.perf_counter()
-    return model.rescale(results), t1 - t0, t2 - t1
+    (results, feats), det_seconds = timed(model.detect, batch['inputs'], batch['data_samples'], rescale=False,
+                                          refine=False)
+    _, refine_seconds = timed(model.refine, feats, results)
+    return model.rescale(results), det_seconds, refine_seconds
 
 
 def localisation(results) -> dict:
-    """The same detections before and after refinement: each detection scoring >= MATCH_SCORE whose
-    initial box overlaps a GT box of its class with IoU >= MATCH_IOU, against that GT box
-    (``ebm_det.evaluation.match_refined_detections``, as ``RefinementLocalisationMetric``)."""
-    import torch
-    from ebm_det.evaluation import match_refined_detections
-    matched = [match_refined_detections(r.to_dict(), MATCH_SCORE, MATCH_IOU) for r in results]
-    before = torch.cat([m['iou_init'] for m in matched]) if matched else torch.zeros(0)
-    after = torch.cat([m['iou'] for m in matched]) if matched else torch.zeros(0)
-    if not len(before):
-        return dict(matched=0, iou_before=float('nan'), iou_after=float('nan'), improved=float('nan'))
-    return dict(matched=len(before), iou_before=float(before.mean()), iou_after=float(after.mean()),
-                improved=float((after > before).float().mean()))
+    """The same detections before and after refinement, by ``RefinementLocalisationMetric``
+    (score >= MATCH_SCORE, initial IoU >= MATCH_IOU with a GT box of their class): how many, their
+    mean IoU before and after, and the share that improved."""
+    from ebm_det.evaluation import RefinementLocalisationMetric
+    metric = RefinementLocalisationMetric(score_thr=MATCH_SCORE, iou_thr=MATCH_IOU)
+    metric.process({}, [r.to_dict() for r in results])
+    m = metric.compute_metrics(metric.results)
+    return dict(matched=m['matched'], iou_before=m['iou_init'], iou_after=m['iou'], improved=m['better'])
 
 
 def rejected_share(model, batch: dict) -> tuple:
@@ -224,9 +191,7 @@ def main() -> None:
     args = parse_args()
     work = ROOT / args.work
     env = demo_env(args)
-    t = time.time()
-    subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
-    train_s = time.time() - t
+    _, train_s = timed(subprocess.run, ['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
     rows = [f'Command: `python -m tools.benchmarks.shapes_2d {" ".join(sys.argv[1:])}` '
             f'({args.num_train} train / {args.num_val} val images, detector {args.det_iters} it, '
             f'EBM {args.ebm_iters} it; tools/demo.sh took {train_s / 60:.1f} min, skipping the steps whose '
@@ -240,10 +205,7 @@ def main() -> None:
     rows += [''] + timing_rows(time_refinement(work, args.data), 'the default head')
     for label, ebm_dir, option in extra:
         rows += [''] + timing_rows(time_refinement(work, args.data, ebm_dir, [option]), label)
-    text = '\n'.join(rows) + '\n'
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    (ROOT / args.out).write_text(text)
+    write_report('\n'.join(rows) + '\n', args.out)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools.benchmarks.shapes_2d import EBM_CFG, ROOT, WORK, require_detector, test_checkpoint
+from tools.benchmarks.common import ROOT, figure, test_checkpoint, write_report
+from tools.benchmarks.shapes_2d import EBM_CFG, WORK, require_detector
 
 # head variants: config options applied to the head's training and its tests
 VARIANTS = {
@@ -92,11 +93,8 @@ def train(args, name: str, ann_file: str, options: str) -> Path:
 
 def test(args, folder: Path, options: list, tag: str) -> dict:
     """Metrics of one tools/test.py pass over the val images (cached beside the checkpoint)."""
-    out = folder / f'test_{tag}.json'
-    if not out.exists():
-        test_checkpoint((folder / 'last_checkpoint').read_text().strip(), args.data, out, options,
-                        ROOT / args.work / 'test')
-    return json.loads(out.read_text())
+    return test_checkpoint(EBM_CFG, (folder / 'last_checkpoint').read_text().strip(), folder / f'test_{tag}.json',
+                           options, ROOT / args.work / 'test', data=args.data, reuse=True)
 
 
 def calibrate(args, folder: Path, options: list, calib_ann: str):
@@ -124,32 +122,26 @@ def row(variant: str, n: int, m: dict, g: dict, margin) -> dict:
 
 
 def plot(rows: list, path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for variant in dict.fromkeys(r['variant'] for r in rows):
-        rs = [r for r in rows if r['variant'] == variant]
-        n = [r['n'] for r in rs]
-        axes[0].plot(n, [r['ap'] - r['ap0'] for r in rs], 'o-', label=f'{variant}')
-        axes[0].plot(n, [r['gated_ap'] - r['ap0'] for r in rs], 'x--', label=f'{variant} + gate')
-        axes[1].plot(n, [100 * r['worse'] for r in rs], 'o-', label=f'{variant}')
-        axes[1].plot(n, [100 * r['gated_worse'] for r in rs], 'x--', label=f'{variant} + gate')
-    axes[0].axhline(0, color='k', lw=0.8)
-    axes[0].set_ylabel('AP gain on 150 unseen val images (points)')
-    axes[1].set_ylabel('matched detections moved away (%)')
-    sizes = sorted({r['n'] for r in rows})
-    for ax in axes:
-        ax.set_xscale('log')
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.set_xlabel('training images of the EBM head')
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    import matplotlib.ticker
+    with figure(path) as axes:
+        for variant in dict.fromkeys(r['variant'] for r in rows):
+            rs = [r for r in rows if r['variant'] == variant]
+            n = [r['n'] for r in rs]
+            axes[0].plot(n, [r['ap'] - r['ap0'] for r in rs], 'o-', label=f'{variant}')
+            axes[0].plot(n, [r['gated_ap'] - r['ap0'] for r in rs], 'x--', label=f'{variant} + gate')
+            axes[1].plot(n, [100 * r['worse'] for r in rs], 'o-', label=f'{variant}')
+            axes[1].plot(n, [100 * r['gated_worse'] for r in rs], 'x--', label=f'{variant} + gate')
+        axes[0].axhline(0, color='k', lw=0.8)
+        axes[0].set_ylabel('AP gain on 150 unseen val images (points)')
+        axes[1].set_ylabel('matched detections moved away (%)')
+        sizes = sorted({r['n'] for r in rows})
+        for ax in axes:
+            ax.set_xscale('log')
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.set_xticks(sizes, [str(n) for n in sizes])
+            ax.set_xlabel('training images of the EBM head')
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
 
 
 def main() -> None:
@@ -190,9 +182,7 @@ def main() -> None:
                      f"{r['val_loss']:.2f} | {margin} | {r['gated_ap']:.1f} ({r['gated_ap'] - r['ap0']:+.1f}) | "
                      f"{r['gated_ap75']:.1f} ({r['gated_ap75'] - r['ap75_0']:+.1f}) | {100 * r['gated_worse']:.0f}% |")
     lines += ['', f'![AP gain and share of boxes made worse against training-set size]({out.with_suffix(".png").name})']
-    text = '\n'.join(lines) + '\n'
-    out.write_text(text)
-    print(text)
+    write_report('\n'.join(lines) + '\n', out)
 
 
 if __name__ == '__main__':
