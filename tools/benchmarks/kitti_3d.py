@@ -57,12 +57,13 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 import ebm_det  # noqa: F401  (registers the modules)
+from tools.benchmarks.common import load_model, timed
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 GENERATOR = 'ebm_det.synthetic.kitti_scenes'  # run as python -m GENERATOR
@@ -324,13 +325,6 @@ class TestPass:
     sample_idx: List[int] = dataclasses.field(default_factory=list)
 
 
-def timed(fn: Callable, *args):
-    """(fn(*args), wall-clock seconds it took)."""
-    t = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t
-
-
 def detect(model, batch: dict):
     """One detector pass (voxelisation + the inner detector's ``predict``), no refinement:
     (results, feats)."""
@@ -339,9 +333,8 @@ def detect(model, batch: dict):
 
 
 def load_models(ckpts: Dict[str, str], heads: Dict[str, dict], data_root: str) -> Dict[str, torch.nn.Module]:
-    """Each trained head's EBMRefineDetector3D through ``mmdet3d.apis.init_model``, by head."""
-    from mmdet3d.apis import init_model
-    return {name: init_model(load_config(EBM_CONFIG, data_root, options=heads[name]), ckpt, device=DEVICE)
+    """Each trained head's EBMRefineDetector3D through mmdet3d's ``init_model``, by head."""
+    return {name: load_model(load_config(EBM_CONFIG, data_root, options=heads[name]), ckpt, DEVICE, lidar=True)
             for name, ckpt in ckpts.items()}
 
 

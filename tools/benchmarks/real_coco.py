@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools.benchmarks.common import ROOT, load_model, parse_options, test_checkpoint
+
 DATA = ROOT.parent / 'shared' / 'data' / 'real_coco'
 CONFIG = 'configs/yolox-nano_ebm-nceplus_real-coco-small.py'
 
@@ -80,12 +81,7 @@ def train(args, work: Path, ann: str) -> tuple:
 
 
 def test(args, work: Path, ckpt: str, tag: str, extra=()) -> dict:
-    out = work / f'test_{tag}.json'
-    if not out.exists():
-        opts = [*args.options, *extra]
-        run([sys.executable, 'tools/test.py', CONFIG, ckpt, '--work-dir', work / 'test', '--out-json', out,
-             *(['--cfg-options', *opts] if opts else [])])
-    return json.loads(out.read_text())
+    return test_checkpoint(CONFIG, ckpt, work / f'test_{tag}.json', [*args.options, *extra], work / 'test', reuse=True)
 
 
 def calibrate(args, work: Path, ckpt: str, ann: str):
@@ -104,22 +100,12 @@ def timing(args, work: Path, ckpt: str, images: int = 16) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     import torch
-    from mmengine.config import Config, DictAction
     from mmengine.dataset import pseudo_collate
-    from mmengine.runner import load_checkpoint
-    from mmdet.registry import DATASETS, MODELS
-    from mmdet.utils import register_all_modules
+    from mmdet.registry import DATASETS
     from torch.utils.benchmark import Timer
-    import ebm_det  # noqa: F401
-    register_all_modules()
-    cfg = Config.fromfile(str(ROOT / CONFIG))
-    if args.options:  # parsed as tools/train.py's --cfg-options parses them
-        cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in (o.split('=', 1) for o in args.options)})
-    cfg.model.detector_checkpoint = None
-    model = MODELS.build(cfg.model)
-    load_checkpoint(model, ckpt, map_location='cpu')
-    model.eval()
-    ds_cfg = cfg.test_dataloader.dataset
+    # parsed as tools/train.py's --cfg-options parses them
+    model = load_model(CONFIG, ckpt, options={**parse_options(args.options), 'model.detector_checkpoint': None})
+    ds_cfg = model.cfg.test_dataloader.dataset
     ds_cfg.data_root = f'{DATA}/'
     ds = DATASETS.build(ds_cfg)
     det, ref = [], []
