@@ -1,16 +1,19 @@
 """f's box gradient as forward ops (``ebm_det.core.static_refine``) against autograd, in float64:
-the bilinear RoI sampler's x / y derivatives (boxes across the map border, sample points on integer
-coordinates, several levels and images, empty input), the fc stack's input gradient, the box space's
-chain rule; and the fixed-shape loop against ``refine_boxes`` on an energy with a known gradient."""
+the bilinear RoI sampler's and the rotated BEV sampler's x / y derivatives (boxes across the map
+border, sample points on integer coordinates, several levels, images and frames, empty input), the
+fc stacks' input gradients, the box spaces' chain rule (``decode_vjp``); and the fixed-shape loop
+against ``refine_boxes`` on an energy with a known gradient, for 2D and LiDAR boxes."""
 import pytest
 import torch
 from torch.autograd import gradcheck
 
-from ebm_det.core import Box2DCodec, RefineConfig, RelativeBox2DSpace, refine_boxes, select_for_refinement
-from ebm_det.core.sampling import roi_grid_sample
-from ebm_det.core.static_refine import (MLPWeights, flatten_pyramid, map_fpn_levels,
-                                        mlp_score_and_grad, roi_grid_box_grad,
-                                        roi_grid_features, select_for_refinement_static, static_refine_boxes)
+from ebm_det.core import (Box2DCodec, Box3DSpace, LiDARBoxCodec, RefineConfig, RelativeBox2DSpace, refine_boxes,
+                          select_for_refinement)
+from ebm_det.core.sampling import roi_grid_sample, rotated_bev_grid_sample
+from ebm_det.core.static_refine import (MLPWeights, flatten_pyramid, map_fpn_levels, mlp_score_and_grad, relu_mlp,
+                                        relu_mlp_input_grad, roi_grid_box_grad, roi_grid_features,
+                                        rotated_bev_box_grad, rotated_bev_features, select_for_refinement_static,
+                                        static_refine_boxes)
 
 devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 f64 = torch.float64
@@ -327,3 +330,171 @@ def test_static_loop_refuses_autocast():
     with pytest.raises(ValueError, match='autocast'):
         static_refine_boxes(energy, torch.zeros(1, 4), torch.zeros(1, dtype=torch.long),
                                torch.zeros(1, dtype=torch.long), RefineConfig(autocast='bfloat16'), energy.codec)
+
+
+# ------------------------------------------------------------------------------- 3D: rotated BEV grid
+BEV_RANGE = (-8.0, -4.0, 8.0, 4.0)  # 16 x 8 m on a 32 x 16 map: 0.5 m pixels, exact in binary
+
+
+def _bev(device, frames=3, channels=3, size=(16, 32), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(frames, channels, *size, generator=g, dtype=f64).to(device)
+
+
+def _random_lidar_boxes(n, seed=1, device='cpu'):
+    """LiDAR boxes over the map and past its border (x in [-11, 11], y in [-6, 6]), any yaw."""
+    g = torch.Generator().manual_seed(seed)
+    xy = (torch.rand(n, 2, generator=g, dtype=f64) * 2 - 1) * torch.tensor([11.0, 6.0], dtype=f64)
+    z = torch.randn(n, 1, generator=g, dtype=f64)
+    lwh = torch.rand(n, 3, generator=g, dtype=f64) * torch.tensor([4.0, 2.0, 1.5], dtype=f64) + 0.5
+    yaw = (torch.rand(n, 1, generator=g, dtype=f64) * 2 - 1) * 3.1
+    return torch.cat([xy, z, lwh, yaw], 1).to(device)
+
+
+def _integer_point_lidar_boxes(device):
+    """Grid (n_w, n_l) = (2, 4) at yaw 0 and pi / 2: the points of a 2 m x 1 m box centred on a pixel
+    corner sit at pixel centres (integer bilinear index: where the derivative switches corners) or
+    on pixel corners (integer map coordinates), inside and across the map's border."""
+    half_pi = torch.pi / 2
+    return torch.tensor([
+        [0.0, 0.0, 0.0, 2.0, 1.0, 1.0, 0.0],  # points at +-0.25, +-0.75 m: pixel centres
+        [0.25, 0.25, 0.0, 2.0, 1.0, 1.0, 0.0],  # shifted a quarter pixel: on pixel corners
+        [-7.75, 3.75, 0.0, 2.0, 1.0, 1.0, 0.0],  # across the left and top border
+        [8.0, -4.0, 0.0, 2.0, 1.0, 1.0, half_pi],  # on the corner of the map, rotated
+        [20.0, 0.0, 0.0, 2.0, 1.0, 1.0, 0.0],  # wholly outside the map
+    ], dtype=f64, device=device)
+
+
+def _check_bev_sampler(device, boxes, batch_idx, grid_size, bev=None):
+    bev = _bev(device) if bev is None else bev
+    n, c = boxes.shape[0], bev.shape[1]
+    weight = torch.randn(n, c, *grid_size, dtype=f64, generator=torch.Generator().manual_seed(3)).to(device)
+    b = boxes.clone().requires_grad_(True)
+    expected = rotated_bev_grid_sample(bev, b, batch_idx, BEV_RANGE, grid_size)
+    expected_grad, = torch.autograd.grad((expected * weight).sum(), b, allow_unused=True)
+    expected_grad = torch.zeros_like(boxes) if expected_grad is None else expected_grad
+    samples = rotated_bev_features(flatten_pyramid([bev], [1.0]), boxes, batch_idx, BEV_RANGE, grid_size)
+    torch.testing.assert_close(samples.features.permute(0, 3, 1, 2), expected.detach(), rtol=0, atol=1e-12)
+    grad = rotated_bev_box_grad(samples, weight.permute(0, 2, 3, 1))
+    assert grad.shape == (n, 7)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-6)
+    return grad
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('grid_size', [(4, 7), (2, 4), (1, 1)])
+def test_bev_box_grad_equals_autograd_across_the_border(device, grid_size):
+    """Random LiDAR boxes of three frames, many across the map border, every yaw: equal features,
+    and x, y, l, w, yaw gradients equal to autograd's through F.grid_sample (z, h: 0)."""
+    boxes = _random_lidar_boxes(30, device=device)
+    batch_idx = torch.arange(30, device=device) % 3
+    grad = _check_bev_sampler(device, boxes, batch_idx, grid_size)
+    assert grad[:, [0, 1, 3, 4, 6]].abs().sum() > 0 and torch.equal(grad[:, [2, 5]], torch.zeros_like(grad[:, [2, 5]]))
+
+
+@pytest.mark.parametrize('device', devices)
+def test_bev_box_grad_with_sample_points_on_integer_coordinates(device):
+    boxes = _integer_point_lidar_boxes(device)
+    grad = _check_bev_sampler(device, boxes, torch.tensor([0, 1, 2, 0, 1], device=device), (2, 4))
+    assert torch.equal(grad[-1], torch.zeros_like(grad[-1]))  # outside the map: zeros, no gradient
+
+
+@pytest.mark.parametrize('device', devices)
+def test_bev_box_grad_odd_map_and_empty(device):
+    bev = _bev(device, frames=2, channels=2, size=(13, 21), seed=4)
+    boxes = _random_lidar_boxes(12, seed=5, device=device)
+    _check_bev_sampler(device, boxes, torch.arange(12, device=device) % 2, (4, 7), bev=bev)
+    samples = rotated_bev_features(flatten_pyramid([bev], [1.0]), boxes[:0], torch.zeros(0, dtype=torch.long,
+                                                                                         device=device), BEV_RANGE)
+    assert samples.features.shape == (0, 4, 7, 2)
+    assert rotated_bev_box_grad(samples, samples.features).shape == (0, 7)
+
+
+class _ExplicitBEV(torch.autograd.Function):
+    """<weight, BEV grid features> with our explicit box gradient as its backward, for gradcheck."""
+
+    @staticmethod
+    def forward(ctx, boxes, pyr, batch_idx, weight):
+        samples = rotated_bev_features(pyr, boxes, batch_idx, BEV_RANGE, (3, 5))
+        ctx.save_for_backward(rotated_bev_box_grad(samples, weight))
+        return (samples.features * weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad, = ctx.saved_tensors
+        return grad * grad_out, None, None, None
+
+
+def test_bev_box_grad_gradcheck():
+    pyr = flatten_pyramid([_bev('cpu')], [1.0])
+    boxes = _random_lidar_boxes(6, seed=11).requires_grad_(True)
+    batch_idx = torch.tensor([0, 1, 2, 0, 1, 2])
+    weight = torch.randn(6, 3, 5, 3, dtype=f64, generator=torch.Generator().manual_seed(2))
+    assert gradcheck(lambda b: _ExplicitBEV.apply(b, pyr, batch_idx, weight), (boxes, ), eps=1e-6, atol=1e-5)
+
+
+def test_relu_mlp_input_grad_equals_autograd():
+    mlp = _mlp(1, (6, ), 6)
+    x = torch.randn(9, 1, dtype=f64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    h = x
+    for w, b in zip(mlp.weights, mlp.biases):
+        h = torch.relu(h @ w.t() + b)
+    g_out = torch.randn(9, 6, dtype=f64)
+    expected, = torch.autograd.grad((h * g_out).sum(), x)
+    out, hidden = relu_mlp(mlp, x.detach())
+    torch.testing.assert_close(out, h.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(relu_mlp_input_grad(mlp, hidden, g_out), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('normalized', [False, True])
+def test_box3d_decode_vjp_equals_autograd(normalized):
+    space = Box3DSpace(normalized=normalized)
+    ref = _random_lidar_boxes(6, seed=2)
+    y = space.encode(_random_lidar_boxes(6, seed=3), ref)
+    torch.testing.assert_close(space.encode(_random_lidar_boxes(6, seed=3), ref, check=False), y, rtol=0, atol=0)
+    g = torch.randn(6, 7, dtype=f64)
+    yy = y.clone().requires_grad_(True)
+    expected, = torch.autograd.grad((space.decode(yy, ref) * g).sum(), yy)
+    torch.testing.assert_close(space.decode_vjp(g, y, ref), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('normalized', [False, True])
+@pytest.mark.parametrize('cfg', [
+    RefineConfig(num_steps=6, step_sizes=0.2),
+    RefineConfig(num_steps=8, step_sizes=(0.3, 0.3, 0.1, 0.2, 0.2, 0.1, 0.5), decay=0.25, score_thr=0.3,
+                 max_per_img=3, tol=0.01, min_gain=(0.0, 5.0, float('inf'))),
+])
+def test_static_loop_equals_refine_boxes_on_a_quadratic_3d(cfg, normalized):
+    """LiDAR boxes of three frames: selection, accept / revert / halve, the space's projection
+    (yaw wrapped, absolute sizes clamped), convergence, validity and the gate, as ``refine_boxes``."""
+    g = torch.Generator().manual_seed(1)
+    n = 15
+    boxes = _random_lidar_boxes(n, seed=2)
+    target = boxes + torch.randn(n, 7, generator=g, dtype=f64) * torch.tensor([1, 1, 0.3, 0.5, 0.3, 0.2, 1.5], dtype=f64)
+    target[2, 6] = boxes[2, 6] + 3.0  # pulled across +-pi: yaw wraps
+    target[4, 3:6] = -1.0  # sizes pulled below zero: clamped (absolute) or shrinking (normalized)
+    boxes[7, 4] = 0.0  # zero width: never refined
+    boxes[8, 1] = float('nan')
+    target[8] = 0.0
+    batch_idx = torch.arange(n) % 3
+    labels = torch.arange(n) % 3
+    scores = torch.rand(n, generator=g, dtype=f64).float()
+    energy = _QuadraticEnergy(target, labels, boxes.nan_to_num(0.0), codec=LiDARBoxCodec(normalized=normalized))
+    expected = refine_boxes(energy, None, boxes, batch_idx, labels, cfg, scores=scores)
+    out = static_refine_boxes(energy, boxes, batch_idx, labels, cfg, energy.codec, scores)
+    torch.testing.assert_close(out.boxes, expected.boxes, rtol=0, atol=1e-9, equal_nan=True)
+    torch.testing.assert_close(out.ebm_scores, expected.ebm_scores, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.init_scores, expected.init_scores, rtol=0, atol=1e-6)
+    assert torch.equal(out.refined, expected.refined)
+    assert not out.refined[7] and not out.refined[8]
+    assert out.refined.sum() >= 3
+    assert (out.boxes[:, 6].nan_to_num(0.0).abs() <= torch.pi).all()
+
+
+def test_static_loop_empty_3d():
+    energy = _QuadraticEnergy(torch.zeros(0, 7, dtype=f64), torch.zeros(0, dtype=torch.long), None,
+                              codec=LiDARBoxCodec())
+    idx = torch.zeros(0, dtype=torch.long)
+    out = static_refine_boxes(energy, torch.zeros(0, 7, dtype=f64), idx, idx, RefineConfig(num_steps=3),
+                              energy.codec, torch.zeros(0))
+    assert out.boxes.shape == (0, 7) and out.ebm_scores.shape == (0, ) and out.refined.shape == (0, )
