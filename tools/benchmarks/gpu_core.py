@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ebm_det.core import RelativeBox2DSpace, refine_by_gradient_ascent, roi_grid_sample, sampling_layout
-from refine_speed import timed  # the sibling benchmark (torch and ebm_det.core only at import)
+from ebm_det.core import RefineConfig, RelativeBox2DSpace, refine_by_gradient_ascent, roi_grid_sample, sampling_layout
+from tools.benchmarks.refine_speed import timed  # torch and ebm_det.core only at import
 
 STRIDES = (4, 8, 16, 32)
 PAPER_STEPS = (8e-4, 8e-4, 3.2e-3, 3.2e-3)  # ECCV 2020, NCE+, (cx/w0, cy/h0, log w, log h)
@@ -81,8 +81,8 @@ def refine_fn(head, feats, boxes, batch_idx, labels, steps: int, tol: float = 0.
             return s.float()  # the accept/revert comparison stays float32
 
         with torch.no_grad():
-            return refine_by_gradient_ascent(score_fn, boxes, PAPER_STEPS, steps, 0.5, space=RelativeBox2DSpace(),
-                                             tol=tol)
+            cfg = RefineConfig(num_steps=steps, decay=0.5, tol=tol)
+            return refine_by_gradient_ascent(score_fn, boxes, PAPER_STEPS, cfg, space=RelativeBox2DSpace())
     return run
 
 
