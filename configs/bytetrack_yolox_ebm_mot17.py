@@ -35,9 +35,8 @@ model = dict(
             reduced_channels=256,
             featmap_strides=[8, 16, 32],
             max_gt_per_batch=128),
-        # ByteTrack's low-score detections take part in its second association: refine them too;
-        # T = 5 steps, as in every 2D EBM config (the papers' 10: num_steps=10)
-        test_cfg=dict(num_steps=5, max_per_img=200, score_thr=0.1)),
+        # ByteTrack's low-score detections take part in its second association: refine them too
+        test_cfg=dict(max_per_img=200, score_thr=0.1)),
     tracker=dict(type='EBMByteTracker'))
 
 # EBM head training: still images of MOT17 half-train and CrowdHuman at the test scale (no mosaic /

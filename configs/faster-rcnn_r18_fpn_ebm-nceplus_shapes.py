@@ -12,9 +12,7 @@ model = dict(
     detector_checkpoint=None,
     val_loss=True,  # ebm/val_loss: the EBM loss around the val set's ground truth (EBMLossMetric)
     # pooling='prroi' for Precise RoI Pooling (default 'grid_sample', RoIAlign with box gradients)
-    # T = 5 ascent steps, not the papers' 10: on the 2D benchmark the same AP at half the refinement
-    # time (docs/figures/refine_levers_steps.md); the papers' T: --cfg-options model.test_cfg.num_steps=10
-    test_cfg=dict(num_steps=5),
+    # refinement: RefineConfig's defaults (T = 5); the papers' T: --cfg-options model.test_cfg.num_steps=10
     ebm_head=dict(type='EBMBoxHead', num_classes=5, in_channels=64, max_gt_per_batch=24))
 
 max_iters = 600

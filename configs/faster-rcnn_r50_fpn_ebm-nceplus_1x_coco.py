@@ -1,5 +1,5 @@
 # The ECCV 2020 setting: a trained Faster R-CNN R50-FPN, frozen, plus an NCE+ EBM head (the
-# defaults of EBMBoxHead and the refinement settings, with T = 5 steps) trained on COCO (data/coco) with the
+# defaults of EBMBoxHead and of RefineConfig, with its T = 5 steps) trained on COCO (data/coco) with the
 # paper's 60k-iteration schedule. Put the detector's checkpoint at the path below (or override
 # model.detector_checkpoint), then: tools/dist_train.sh THIS_CONFIG 8
 _base_ = ['mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', './_base_/schedules/ebm_2d_60k.py']
@@ -12,9 +12,7 @@ model = dict(
     backbone=dict(),  # read by mmdet.apis.init_detector
     detector_checkpoint='checkpoints/faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth',
     # the paper's head; pooling='prroi' for its Precise RoI Pooling (default 'grid_sample')
-    # T = 5 ascent steps, not the papers' 10: on the 2D benchmark the same AP at half the refinement
-    # time (docs/figures/refine_levers_steps.md); the papers' T: --cfg-options model.test_cfg.num_steps=10
-    test_cfg=dict(num_steps=5),
+    # refinement: RefineConfig's defaults (T = 5); the papers' T: --cfg-options model.test_cfg.num_steps=10
     ebm_head=dict(type='EBMBoxHead', num_classes=80))
 
 train_cfg = _base_.ebm_2d_60k.train_cfg

@@ -4,7 +4,7 @@
 # (tools/benchmarks/kitti_3d.py does). The head reads the 192-channel SECONDFPN map, an 80 x 80
 # grid at 0.5 m that covers the point-cloud range [0, -20, 40, 20] (x/y min, x/y max) exactly;
 # reduced to 64 channels and 512-wide fc layers to train in minutes on a CPU.
-_base_ = ['./pointpillars_kitti-gen_car.py']
+_base_ = ['./pointpillars_kitti-gen_car.py', './_base_/ebm_refine_3d.py']
 custom_imports = dict(imports=['ebm_det', 'ebm_det.evaluation.kitti_iou_backend'], allow_failed_imports=False)
 
 model = dict(
@@ -12,6 +12,7 @@ model = dict(
     type='EBMRefineDetector3D',
     detector={{_base_.model}},
     detector_checkpoint=None,
+    test_cfg=_base_.ebm_refine_3d,  # ebms_3dod's T = 10
     ebm_head=dict(type='EBMBoxHead3D', in_channels=192, bev_range=[0, -20, 40, 20], reduced_channels=64,
                   fc_channels=512))
 

@@ -9,9 +9,7 @@ model = dict(
     detector={{_base_.model}},
     backbone=dict(),  # read by mmdet.apis.init_detector
     detector_checkpoint='checkpoints/retinanet_r50_fpn_1x_coco_20200130-c2398f9e.pth',
-    # T = 5 ascent steps, not the papers' 10: on the 2D benchmark the same AP at half the refinement
-    # time (docs/figures/refine_levers_steps.md); the papers' T: --cfg-options model.test_cfg.num_steps=10
-    test_cfg=dict(num_steps=5),
+    # refinement: RefineConfig's defaults (T = 5); the papers' T: --cfg-options model.test_cfg.num_steps=10
     ebm_head=dict(type='EBMBoxHead', num_classes=80, featmap_strides=[8, 16, 32, 64]))
 
 train_cfg = _base_.ebm_2d_60k.train_cfg

@@ -8,7 +8,8 @@
 # SECOND backbone and SECONDFPN ([128, 256] -> 2 x 256 = 512 channels, upsample [1, 2]) keep that
 # stride, i.e. a 176 x 200 map of 0.4 m cells that spans the whole point-cloud range
 # [0, -40, 70.4, 40]; that range is the head's bev_range.
-_base_ = ['mmdet3d::second/second_hv_secfpn_8xb6-80e_kitti-3d-car.py', './_base_/schedules/ebm_3d_onecycle_10e.py']
+_base_ = ['mmdet3d::second/second_hv_secfpn_8xb6-80e_kitti-3d-car.py', './_base_/schedules/ebm_3d_onecycle_10e.py',
+          './_base_/ebm_refine_3d.py']
 custom_imports = dict(imports=['ebm_det', 'ebm_det.evaluation.kitti_iou_backend'], allow_failed_imports=False)
 
 model = dict(
@@ -16,6 +17,7 @@ model = dict(
     type='EBMRefineDetector3D',
     detector={{_base_.model}},
     detector_checkpoint='checkpoints/second_hv_secfpn_8xb6-80e_kitti-3d-car-75d9305e.pth',
+    test_cfg=_base_.ebm_refine_3d,  # ebms_3dod's T = 10
     ebm_head=dict(type='EBMBoxHead3D', in_channels=512, bev_range=[0, -40, 70.4, 40]))
 
 train_cfg = _base_.ebm_3d_onecycle_10e.train_cfg

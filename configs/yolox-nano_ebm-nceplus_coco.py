@@ -20,8 +20,7 @@ model = dict(
     # YOLOX takes BGR pixels in 0-255, padded to a multiple of 32; no batch augments: the frozen
     # detector sees images as at test time, scale jitter comes from the train pipeline below
     data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor=32),
-    # T = 5 ascent steps (the 2D default of this project's configs)
-    test_cfg=dict(num_steps=5),
+    # refinement: RefineConfig's defaults (T = 5)
     ebm_head=dict(type='EBMBoxHead', num_classes=80, in_channels=64, featmap_strides=(8, 16, 32)))
 
 # the EBM head's training images: the test view (resize, pad to a square of 114 as YOLOX's test

@@ -20,21 +20,31 @@ def shapes_root(tmp_path_factory) -> Path:
 
 class QuadraticHead:
     """f(b) = -|b - target|^2 / 2 for every box: a stand-in EBM head with a known optimum, for exact
-    cases of ``ebm_det.core.refine_boxes`` (2D boxes; the ascent in the identity space)."""
+    cases of ``ebm_det.core.refine_boxes`` (2D boxes, climbed in the identity space with lambda 1
+    unless the config sets one); a ``ebm_det.core.RefinableHead``."""
 
     def __init__(self, target):
         import torch
-        from ebm_det.core import Box2DCodec
-        self.codec = Box2DCodec()
+        from ebm_det.core import Box2DCodec, IdentitySpace
+
+        class Codec(Box2DCodec):
+            space = IdentitySpace()
+            default_step_sizes = (1.0, )
+
+        self.codec = Codec()
         self.target = torch.as_tensor(target, dtype=torch.float64)
 
-    def score_boxes(self, feats, boxes, batch_idx, labels, context_boxes=None):
-        return -0.5 * ((boxes - self.target.to(boxes))**2).sum(-1)
+    def prepare_features(self, feats):
+        return feats
 
-    def refine(self, feats, boxes, batch_idx, labels, cfg):
-        from ebm_det.core import IdentitySpace, refine_by_gradient_ascent
-        return refine_by_gradient_ascent(lambda b, idx: self.score_boxes(feats, b, idx, None), boxes,
-                                         cfg.step_sizes or 1.0, cfg.num_steps, cfg.decay, space=IdentitySpace())
+    def box_context(self, boxes, batch_idx):
+        return {}
+
+    def group_order(self, prepared, batch_idx, context):
+        return None
+
+    def score(self, prepared, boxes, batch_idx, labels):
+        return -0.5 * ((boxes - self.target.to(boxes))**2).sum(-1)
 
 
 def tiny_shapes_config(tmp_path: Path, base: str, data_root: Path, max_iters: int = 2, extra: str = '') -> Path:

@@ -194,7 +194,7 @@ def trained3d(tmp_path_factory):
     # score_thr 0: the 2-iteration detector's boxes all reach the EBM (else nothing to refine)
     ebm_cfg = _tiny_config(tmp, 'pointpillars_ebm-nce_kitti-gen_car.py', root, extra=f"""
         model = dict(detector_checkpoint='{det_ckpt}', detector=dict(test_cfg=dict(score_thr=0.0, max_num=20)),
-                     ebm_head=dict(loss=dict(num_samples=16)))
+                     ebm_head=dict(loss=dict(type='NCELoss', num_samples=16)))
         """)
     run_config(ebm_cfg, tmp / 'ebm')
     return dict(tmp=tmp, root=root, det_ckpt=det_ckpt, ebm_cfg=ebm_cfg,

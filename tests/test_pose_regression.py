@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ebm_det.core import GMMNoise, NCEPlusLoss, refine_by_gradient_ascent
+from ebm_det.core import GMMNoise, NCEPlusLoss, RefineConfig, refine_by_gradient_ascent
 
 RANGES = torch.tensor([1.2, 0.8, 0.6])  # yaw, pitch, roll ~ U(-r, r), radians
 
@@ -73,7 +73,7 @@ def test_pose_3d_nce_plus_and_refinement():
     def score_fn(b, index):
         return model.score(feat_te[index], b[:, None, :])[:, 0]
 
-    res = refine_by_gradient_ascent(score_fn, init, step_sizes=0.01, num_steps=100, decay=0.5)
+    res = refine_by_gradient_ascent(score_fn, init, 0.01, RefineConfig(num_steps=100, decay=0.5))
     init_err = (init - y_te).abs().mean().item()
     ref_err = (res.boxes - y_te).abs().mean().item()
     assert res.boxes.shape == (300, 3)

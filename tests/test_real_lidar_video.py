@@ -162,7 +162,7 @@ def kitti_config(**model):
     from mmengine.config import Config
     cfg = Config.fromfile(str(KITTI_CONFIG))
     cfg.model.detector_checkpoint = None
-    cfg.model.ebm_head.loss = dict(num_samples=8)
+    cfg.model.ebm_head.loss = dict(type='NCELoss', num_samples=8)
     cfg.model.update(model)
     return cfg
 

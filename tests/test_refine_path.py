@@ -14,7 +14,8 @@ from ebm_det.core import (Box2DCodec, LiDARBoxCodec, RefineConfig, RefineResult,
 
 def test_refine_config_defaults_and_checks():
     cfg = RefineConfig()
-    assert (cfg.num_steps, cfg.step_sizes, cfg.decay, cfg.max_per_img, cfg.enabled) == (10, None, 0.5, 100, True)
+    # T = 5: the shipped T has one home, this dataclass (the configs state only differences)
+    assert (cfg.num_steps, cfg.step_sizes, cfg.decay, cfg.max_per_img, cfg.enabled) == (5, None, 0.5, 100, True)
     assert RefineConfig.build(dict(step_sizes=[1e-3, 1e-3, 2e-3, 2e-3])).step_sizes == (1e-3, 1e-3, 2e-3, 2e-3)
     assert RefineConfig.build(None, num_steps=3).num_steps == 3
     assert cfg.replace(decay=0.25).decay == 0.25 and cfg.decay == 0.5
@@ -127,8 +128,8 @@ def test_refine_boxes_keeps_the_input_when_clipping_leaves_it_worse():
     assert out.refined[0] and out.boxes.tolist() == [[40., 0., 50., 30.]] and out.ebm_scores[0] == -450
 
     class NarrowPenalty(QuadraticHead):  # f drops by 1000 for boxes narrower than 5 px
-        def score_boxes(self, feats, b, batch_idx, labels, context_boxes=None):
-            return super().score_boxes(feats, b, batch_idx, labels) - 1000 * ((b[:, 2] - b[:, 0]) < 5)
+        def score(self, prepared, b, batch_idx, labels):
+            return super().score(prepared, b, batch_idx, labels) - 1000 * ((b[:, 2] - b[:, 0]) < 5)
 
     out = refine_boxes(NarrowPenalty([40., 0., 80., 30.]), None, boxes, one, one, cfg,
                        img_shapes=torch.tensor([[32, 41]]))
@@ -145,6 +146,39 @@ def test_refine_boxes_never_writes_back_a_box_that_clipping_makes_degenerate():
     out = refine_boxes(head, None, boxes, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
                        RefineConfig(num_steps=1, step_sizes=1.0), img_shapes=torch.tensor([[64, 64]]))
     assert out.boxes.tolist() == boxes.tolist() and not out.refined[0] and math.isinf(out.ebm_scores[0])
+
+
+def test_refine_boxes_takes_a_refinable_head_and_prepares_its_features_once():
+    """The head contract is declared (``RefinableHead``); a box that clipping changed is scored again
+    on the features prepared for the ascent, not on a second preparation."""
+    from ebm_det.core import RefinableHead
+    assert isinstance(QuadraticHead([0., 0., 1., 1.]), RefinableHead)
+    assert isinstance(_build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16)), RefinableHead)
+    assert not isinstance(object(), RefinableHead)
+    prepared = []
+
+    class Counted(QuadraticHead):
+        def prepare_features(self, feats):
+            prepared.append(feats)
+            return feats
+
+    one = torch.zeros(1, dtype=torch.long)
+    out = refine_boxes(Counted([40., 0., 80., 30.]), 'feats', torch.tensor([[20., 0., 40., 30.]]), one, one,
+                       RefineConfig(num_steps=1, step_sizes=1.0), img_shapes=torch.tensor([[32, 48]]))
+    assert out.refined[0] and out.boxes.tolist() == [[40., 0., 48., 30.]] and out.ebm_scores[0] == -512  # clipped
+    assert prepared == ['feats']
+
+
+def test_rescale_to_original_is_the_one_rescale():
+    from mmengine.structures import InstanceData
+    from ebm_det.models.refine_detector import rescale_to_original
+    pred = InstanceData(bboxes=torch.tensor([[2., 4., 6., 8.]]), bboxes_init=torch.tensor([[4., 4., 8., 8.]]),
+                        scores=torch.ones(1))
+    rescale_to_original(pred, (2.0, 4.0))
+    assert pred.bboxes.tolist() == [[1., 1., 3., 2.]] and pred.bboxes_init.tolist() == [[2., 1., 4., 2.]]
+    only_refined = InstanceData(bboxes=torch.tensor([[2., 4., 6., 8.]]))
+    rescale_to_original(only_refined, (2.0, 2.0))
+    assert only_refined.bboxes.tolist() == [[1., 2., 3., 4.]] and 'bboxes_init' not in only_refined
 
 
 def test_refine_boxes_empty_and_all_invalid():
@@ -181,7 +215,8 @@ def _shapes_ebm_cfg():
     ('test_cfg', dict(step_sizes=[1e-3, 1e-3]), '1 or 4 values'),
     ('test_cfg', dict(decay=2.0), 'decay'),
     ('ebm_head.loss', dict(type='NCEPlusLoss', bet=0.1), r"unknown argument\(s\) \['bet'\]"),
-    ('ebm_head.loss', dict(num_sample=8), r"unknown argument\(s\) \['num_sample'\]"),
+    ('ebm_head.loss', dict(type='NCEPlusLoss', num_sample=8), r"unknown argument\(s\) \['num_sample'\]"),
+    ('ebm_head.loss', dict(num_samples=8), r"has no 'type'.*registered: \['DSMLoss'"),
     ('ebm_head.loss', dict(type='NCEPlusLos'), 'unknown EBM loss type'),
     ('ebm_head.loss', dict(method='nce_plus'), 'no longer supported'),
 ])
@@ -202,18 +237,34 @@ def test_tracker_and_roi_head_settings_are_checked_when_built():
     model = _build(cfg.model)
     with pytest.raises(ValueError, match='num_step'):
         EBMBoxRefiner(model.ebm_head, dict(num_step=3))
-    with pytest.raises(ValueError, match='unknown ebm options'):
+    with pytest.raises(ValueError, match=r"TrackRefineOptions: unknown argument\(s\) \['writeback'\]; valid: "
+                       r"\['enabled', 'refine_tentative', 'refine_lost', 'write_back'\]"):
         _build(dict(type='EBMByteTracker', motion=dict(type='KalmanFilter'), ebm=dict(writeback=True)))
+    with pytest.raises(ValueError, match='ebm.enabled must be True or False'):
+        _build(dict(type='EBMSORTTracker', ebm=dict(enabled='no')))
+    tracker = _build(dict(type='EBMSORTTracker', ebm=dict(refine_lost=False)))
+    assert (tracker.ebm.enabled, tracker.ebm.refine_lost, tracker.ebm.write_back) == (True, False, False)
+    with pytest.raises(ValueError, match='unknown argument'):
+        tracker.ebm.replace(writeback=True)
     roi = dict(cfg.model.detector.roi_head, type='EBMRoIHead', ebm_test_cfg=dict(tol=-1.0),
                ebm_head=dict(type='EBMBoxHead', num_classes=5, in_channels=64))
     with pytest.raises(ValueError, match='tol'):
         _build(roi)
 
 
-def test_loss_settings_without_type_update_the_heads_default():
-    head = _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16, loss=dict(num_samples=8)))
-    assert type(head.loss_fn).__name__ == 'NCEPlusLoss' and head.loss_fn.num_samples == 8
+def test_the_loss_is_chosen_by_type_only():
+    # no type: an error naming the key and the choices, not a silent merge into the head's default
+    with pytest.raises(ValueError, match=r"has no 'type'.*registered: \[.*'NCEPlusLoss'"):
+        _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16, loss=dict(num_samples=8)))
+    with pytest.raises(ValueError, match="has no 'type'"):
+        build_loss(dict(num_samples=8))
+    # M has one home, the loss class: a head's default loss names only its type
+    head = _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16))
+    assert type(head.loss_fn).__name__ == 'NCEPlusLoss' and head.loss_fn.num_samples == 128
     assert head.loss_fn.beta == 0.1
+    head = _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16,
+                       loss=dict(type='NCEPlusLoss', num_samples=8)))
+    assert head.loss_fn.num_samples == 8 and head.loss_fn.beta == 0.1
     custom = build_loss(dict(type='KLDISLoss', num_samples=4, label_sigma=0.05))
     assert _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, loss=custom)).loss_fn is custom
 
@@ -315,7 +366,8 @@ def test_head_refine_is_the_core_refiner_in_the_head_space(pooling):
         res = head.refine(feats, boxes, idx, labels, cfg)
         prepared, levels = head.prepare_features(feats), head.map_levels(boxes)
         ref = refine_by_gradient_ascent(lambda b, i: head.score(prepared, b, idx[i], labels[i], levels=levels[i]),
-                                        boxes, (8e-4, 8e-4, 3.2e-3, 3.2e-3), 4, 0.5, space=head.space)
+                                        boxes, (8e-4, 8e-4, 3.2e-3, 3.2e-3), RefineConfig(num_steps=4, decay=0.5),
+                                        space=head.space)
     assert isinstance(res, RefineResult)
     torch.testing.assert_close(res.boxes, ref.boxes)
     torch.testing.assert_close(res.scores, ref.scores)
@@ -353,7 +405,7 @@ def test_head_updates_take_k_steps_on_one_detector_forward():
     from mmengine.structures import InstanceData
     cfg = _shapes_ebm_cfg()
     cfg.model.head_updates = 3
-    cfg.model.ebm_head.loss = dict(num_samples=8)
+    cfg.model.ebm_head.loss = dict(type='NCEPlusLoss', num_samples=8)
     torch.manual_seed(0)
     model = _build(cfg.model)
     model.init_weights()

@@ -23,7 +23,7 @@ STRIDES = (4, 8)
 def _head(num_classes=3):
     torch.manual_seed(0)
     head = EBMBoxHead(num_classes=num_classes, in_channels=8, fc_channels=32, featmap_strides=list(STRIDES),
-                      loss=dict(num_samples=4))
+                      loss=dict(type='NCEPlusLoss', num_samples=4))
     head.init_weights()
     torch.nn.init.normal_(head.fc_score.weight, std=0.3)  # a non-flat f, so boxes move
     return head.eval()
@@ -152,7 +152,7 @@ def test_half_precision_features_in_the_3d_head_and_the_tracker_refiner(dtype):
     from ebm_det.models import EBMBoxHead3D
     torch.manual_seed(0)
     head3d = EBMBoxHead3D(in_channels=8, bev_range=(0., -20., 40., 20.), fc_channels=32, zh_channels=8,
-                          loss=dict(num_samples=4))
+                          loss=dict(type='NCELoss', num_samples=4))
     head3d.init_weights()
     boxes = torch.tensor([[10., 2., -1.7, 4., 1.7, 1.5, 0.3], [25., -8., -1.6, 4.4, 1.8, 1.6, 3.1]])
     out = refine_boxes(head3d, [torch.randn(1, 8, 40, 40).to(dtype)], boxes, torch.zeros(2, dtype=torch.long),
@@ -360,7 +360,7 @@ def _shapes_detector_cfg(roi_head_ebm=None):
     if roi_head_ebm is not None:
         cfg.model.roi_head.type = 'EBMRoIHead'
         cfg.model.roi_head.ebm_head = dict(type='EBMBoxHead', in_channels=64, fc_channels=64,
-                                           loss=dict(num_samples=8))
+                                           loss=dict(type='NCEPlusLoss', num_samples=8))
         cfg.model.roi_head.ebm_head.update(roi_head_ebm)
     return cfg
 

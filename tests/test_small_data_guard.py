@@ -73,7 +73,7 @@ def _shapes_model(**changes):
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
     cfg = Config.fromfile(str(ROOT / 'configs' / 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'))
-    cfg.model.ebm_head.loss = dict(num_samples=8)
+    cfg.model.ebm_head.loss = dict(type='NCEPlusLoss', num_samples=8)
     for key, value in changes.items():
         cfg.model[key] = value
     torch.manual_seed(0)

@@ -299,17 +299,17 @@ def test_byte_tracker_refines_predicted_boxes_and_handles_empty_frames():
     out = track(3, moving(3))
     assert out.instances_id.tolist() == [0, 1]  # both tracks survive the empty frame
     # write_back: an unmatched track keeps its refined box as the Kalman position
-    tracker.ebm['write_back'] = True
+    tracker.ebm = tracker.ebm.replace(write_back=True)
     track(4, moving(4)[:1])
     ref = tracker.last_refinement
     from mmdet.structures.bbox import bbox_xyxy_to_cxcyah
     k = ref['ids'].index(1)
     np.testing.assert_allclose(tracker.tracks[1].mean[:4], bbox_xyxy_to_cxcyah(ref['boxes'][k:k + 1].double())[0],
                                rtol=1e-5)
-    tracker.ebm.update(enabled=False, write_back=False)
+    tracker.ebm = tracker.ebm.replace(enabled=False, write_back=False)
     track(5, moving(5))
     assert tracker.last_refinement == {}
-    tracker.ebm.update(enabled=True)
+    tracker.ebm = tracker.ebm.replace(enabled=True)
     tracker.track(frame(6, moving(6)))  # no features given: nothing is refined
     assert tracker.last_refinement == {}
 

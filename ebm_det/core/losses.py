@@ -123,7 +123,8 @@ class EBMLoss:
 
     Args:
         num_samples: M, the number of scored points per ground truth (NCE/NCE+: the positive
-            plus M - 1 noise samples).
+            plus M - 1 noise samples); 128, the papers' (every head's default: its config names
+            only the loss ``type``).
         sigmas: (K, D) (or (K,)) standard deviations of the proposal mixture q in the box space;
             None takes the box type's default (``BoxCodec.default_sigmas``, the NCE/NCE+ noise of
             the papers). Unused by ``DSMLoss``.
@@ -273,15 +274,19 @@ def build_loss(cfg: Union[dict, EBMLoss]) -> EBMLoss:
     """An ``EBMLoss`` from ``dict(type='NCEPlusLoss', ...)`` (or one already built).
 
     Raises:
-        ValueError: an unknown type or argument, a bad value, or the old ``method=`` form.
+        ValueError: no ``type``, an unknown type or argument, a bad value, or the old ``method=``
+            form.
     """
     if isinstance(cfg, EBMLoss):
         return cfg
     cfg = dict(cfg)
     if 'method' in cfg:
         raise ValueError(f"loss=dict(method={cfg['method']!r}, ...) is no longer supported: name the loss class, "
-                         f"e.g. loss=dict(type='NCEPlusLoss', num_samples=128, beta=0.1); types: {sorted(LOSSES)}")
-    name = cfg.pop('type', None)
+                         f"e.g. loss=dict(type='NCEPlusLoss'); types: {sorted(LOSSES)}")
+    if 'type' not in cfg:
+        raise ValueError(f"EBM loss config {cfg!r} has no 'type': name the loss, e.g. dict(type='NCEPlusLoss'); "
+                         f"types: {sorted(LOSSES)}")
+    name = cfg.pop('type')
     if isinstance(name, str):
         name = name.split('.')[-1]  # a registry scope prefix ('mmdet.NCEPlusLoss')
     if name not in LOSSES:

@@ -1,10 +1,12 @@
-"""Batched gradient-ascent refinement of boxes on a learned score f(x, y)."""
+"""Batched gradient-ascent refinement of boxes on a learned score f(x, y), and the one refinement
+step (``refine_boxes``) on any head that keeps the ``RefinableHead`` contract."""
 import contextlib
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from .box_codecs import BoxCodec
 from .box_spaces import IdentitySpace, check_finite
 from .settings import RefineConfig
 
@@ -44,16 +46,13 @@ def _score_and_grad(score_fn: IndexedScoreFn, space, y: Tensor, ref: Optional[Te
 def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
                               boxes: Tensor,
                               step_sizes: Union[float, Sequence[float], Tensor],
-                              num_steps: int = 10,
-                              decay: float = 0.5,
+                              cfg: RefineConfig,
                               space=None,
-                              ref: Optional[Tensor] = None,
-                              tol: float = 0.0,
-                              chunk_size: Optional[int] = None) -> RefineResult:
+                              ref: Optional[Tensor] = None) -> RefineResult:
     """T steps of y <- y + lambda * grad_y f in ``space``, for every box at once.
 
     A box whose score would drop keeps its previous value and multiplies its own lambda by
-    ``decay`` (eta), so no box's score ever decreases. Non-finite scores count as drops.
+    ``cfg.decay`` (eta), so no box's score ever decreases. Non-finite scores count as drops.
 
     Args:
         score_fn: (boxes (n, D), index (n,)) -> (n,) scores; differentiable in the boxes. It is
@@ -61,21 +60,23 @@ def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
             ``torch.no_grad()``; only the boxes get gradients.
         boxes: (N, D) native boxes (finite, else ValueError). Half-precision boxes are refined in
             float32 and returned in their dtype.
-        step_sizes: lambda per dimension of the space: a float, a (D,) sequence, or (N, D).
-        num_steps: T.
-        decay: eta.
+        step_sizes: lambda per dimension of the space: a float, a (D,) sequence, or (N, D)
+            (``cfg.step_sizes`` resolved by the caller, who knows the box type).
+        cfg: a ``RefineConfig`` (or a mapping of its fields); read here: ``num_steps`` (T),
+            ``decay`` (eta), ``tol`` (a box has converged once its proposed step is below ``tol``
+            in every dimension, max |lambda * grad|; converged boxes leave the active set and the
+            loop stops when none is active; 0: exactly T steps) and ``chunk_size`` (refine at most
+            this many boxes at a time, bounding memory for huge inputs).
         space: a box space (``box_spaces``); the identity when None.
         ref: reference boxes for the space, (N, D'); the initial boxes when None.
-        tol: a box has converged once its proposed step is below ``tol`` in every dimension
-            (max |lambda * grad|); converged boxes leave the active set and the loop stops when
-            none is active. 0 disables it (exactly T steps).
-        chunk_size: refine at most this many boxes at a time, bounding memory for huge inputs.
     Returns:
         RefineResult(boxes, scores, init_scores, steps).
     """
+    cfg = RefineConfig.build(cfg)
     space = space or IdentitySpace()
     check_finite(boxes)
     n = boxes.shape[0]
+    chunk_size = cfg.chunk_size
     if chunk_size is not None and n > chunk_size:
         # (N, D) per-box step sizes are sliced with their boxes; shared ones pass through
         lam_all = torch.as_tensor(step_sizes, dtype=torch.float64)
@@ -83,8 +84,8 @@ def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
         parts = [
             refine_by_gradient_ascent(
                 lambda b, i, s=start: score_fn(b, i + s), boxes[start:start + chunk_size],
-                lam_all[start:start + chunk_size] if per_box else step_sizes, num_steps, decay, space,
-                None if ref is None else ref[start:start + chunk_size], tol)
+                lam_all[start:start + chunk_size] if per_box else step_sizes, cfg, space,
+                None if ref is None else ref[start:start + chunk_size])
             for start in range(0, n, chunk_size)
         ]
         return RefineResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ('boxes', 'scores', 'init_scores')),
@@ -107,7 +108,8 @@ def refine_by_gradient_ascent(score_fn: IndexedScoreFn,
     init_scores = scores.clone()
     active = index  # rows still refining
     steps = 0
-    for steps in range(1, num_steps + 1):
+    decay, tol = cfg.decay, cfg.tol
+    for steps in range(1, cfg.num_steps + 1):
         ya, ra = y[active], ref[active]
         step = lam[active] * grad[active]
         cand = space.project(ya + step)
@@ -150,6 +152,77 @@ def select_for_refinement(scores: Tensor, valid: Tensor, batch_idx: Tensor, num_
     return ok & (rank < max_per_img)
 
 
+@runtime_checkable
+class RefinableHead(Protocol):
+    """What the refinement step needs from an EBM head: its box type, its features and f.
+    ``refine_boxes`` and ``refine_on_head`` call these and nothing else, so calls go one way, from
+    the loop to the head (``BaseEBMHead`` implements them; so do the tests' stand-ins).
+
+    Attributes:
+        codec: the box type (``BoxCodec``): box space, validity rule, clipping, default lambda.
+    """
+
+    codec: BoxCodec
+
+    def prepare_features(self, feats: Any) -> Any:
+        """The detector's features -> what ``score`` reads; called once per refinement."""
+
+    def box_context(self, boxes: Tensor, batch_idx: Tensor) -> Dict[str, Tensor]:
+        """Per-box (N,) tensors held fixed while (N, D) boxes are scored or refined (2D: the FPN
+        level); ``{}`` when there are none."""
+
+    def group_order(self, prepared: Any, batch_idx: Tensor, context: Dict[str, Tensor]) -> Optional[Tensor]:
+        """(N,) an order of the boxes that makes ``score`` cheaper, or None."""
+
+    def score(self, prepared: Any, boxes: Tensor, batch_idx: Tensor, labels: Tensor, **context: Tensor) -> Tensor:
+        """f(x, y): (N,) at (N, D) boxes of images ``batch_idx`` and classes ``labels`` ((N,) long)
+        on prepared features; differentiable in the boxes."""
+
+
+def group_for_scoring(head: RefinableHead, prepared: Any, boxes: Tensor, batch_idx: Tensor, labels: Tensor
+                      ) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor], Optional[Tensor]]:
+    """(N, D) boxes, (N,) batch_idx and labels, and their context, in the head's ``group_order``;
+    and that order ((N,) long; None: unchanged)."""
+    context = head.box_context(boxes, batch_idx)
+    order = head.group_order(prepared, batch_idx, context)
+    if order is None:
+        return boxes, batch_idx, labels, context, None
+    return boxes[order], batch_idx[order], labels[order], {k: v[order] for k, v in context.items()}, order
+
+
+def refine_on_head(head: RefinableHead, prepared: Any, boxes: Tensor, batch_idx: Tensor, labels: Tensor,
+                   cfg: RefineConfig, step_sizes: Optional[Tensor] = None) -> RefineResult:
+    """Gradient ascent on a head's f for (N, D) boxes of several images in one batched call, in
+    ``head.codec.space`` (no selection, no clipping: ``refine_boxes`` does those around it).
+
+    Args:
+        head: a ``RefinableHead``.
+        prepared: ``head.prepare_features`` of the detector's features.
+        boxes: (N, D) valid boxes (``codec.valid``), in the frame of the features.
+        batch_idx, labels: (N,) long.
+        cfg: a ``RefineConfig``; lambda is ``cfg.step_sizes`` or the codec's default.
+        step_sizes: optional (N, D) per-box lambdas, overriding ``cfg.step_sizes``.
+    Returns:
+        ``RefineResult`` in the input order.
+    """
+    codec = head.codec
+    lam = step_sizes if step_sizes is not None else torch.tensor(
+        cfg.step_sizes_for(codec.dim, codec.default_step_sizes), dtype=torch.float64)
+    boxes, batch_idx, labels, context, order = group_for_scoring(head, prepared, boxes, batch_idx, labels)
+    if order is not None and lam.dim() == 2:
+        lam = lam[order.to(lam.device)]  # per-box steps follow their boxes
+
+    def score_fn(b: Tensor, idx: Tensor) -> Tensor:
+        return head.score(prepared, b, batch_idx[idx], labels[idx], **{k: v[idx] for k, v in context.items()})
+
+    res = refine_by_gradient_ascent(score_fn, boxes, lam, cfg, space=codec.space)
+    if order is None:
+        return res
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return res.take(inverse)
+
+
 class RefinedBoxes(NamedTuple):
     boxes: Tensor  # (N, D) every input box: the refined one where ``refined``, else the input box
     ebm_scores: Tensor  # (N,) f at the output box; -inf where the box was not refined
@@ -157,7 +230,7 @@ class RefinedBoxes(NamedTuple):
     refined: Tensor  # (N,) bool: refined, clipped, still valid and f gained >= min_gain (0: no worse), so written back
 
 
-def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: RefineConfig,
+def refine_boxes(head: RefinableHead, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: RefineConfig,
                  scores: Optional[Tensor] = None, img_shapes: Optional[Tensor] = None,
                  num_images: Optional[int] = None) -> RefinedBoxes:
     """The one refinement step of every box type and caller: select -> refine in the box space ->
@@ -165,10 +238,9 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
     (at least ``cfg.min_gain`` better, when the refinement gate is set).
 
     Args:
-        head: an EBM head: ``head.codec`` (a ``BoxCodec``), ``head.refine(feats, boxes, batch_idx,
-            labels, cfg) -> RefineResult`` (gradient ascent on f in ``codec.space``) and
-            ``head.score_boxes(feats, boxes, batch_idx, labels, context_boxes)`` (f, no gradient).
-        feats: the features ``head.refine`` reads (the detector's neck output).
+        head: a ``RefinableHead`` (an ``EBMBoxHead``, ``EBMBoxHead3D``); its features are
+            prepared once per call.
+        feats: the detector's features (its neck output), as ``head.prepare_features`` takes them.
         boxes: (N, D) boxes in the frame of ``feats`` (2D: network-input pixels x1, y1, x2, y2;
             LiDAR: metres and radians).
         batch_idx: (N,) long, each box's image.
@@ -179,15 +251,15 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
         num_images: B (default: ``img_shapes``' length, else max(batch_idx) + 1).
     Returns:
         ``RefinedBoxes``. For every written-back box ``ebm_scores`` is f at the box returned (a
-        box that clipping changed is scored again, at the FPN level of its refinement) and at
-        least ``init_scores``. A box that is invalid (``codec.valid``: non-finite, too small), wholly
-        outside its image (``codec.in_frame``), not selected, made invalid by refinement or clipping, or that clipping leaves scoring below
-        its input (below its input + ``cfg.min_gain``), or that no step moved (``num_steps=0``,
-        every step reverted), comes back exactly as given, with ``ebm_scores`` -inf and
-        ``refined`` False: no degenerate box is ever written back, and T = 0 changes nothing.
-        Clipping keeps each coordinate inside the image, or as far outside as the input box's was
-        (``codec.clip`` with ``ref``): a box the detector put past the border is not pulled in by
-        clipping alone.
+        box that clipping changed is scored again, with the context (FPN level) of its refinement)
+        and at least ``init_scores``. A box that is invalid (``codec.valid``: non-finite, too small),
+        wholly outside its image (``codec.in_frame``), not selected, made invalid by refinement or
+        clipping, or that clipping leaves scoring below its input (below its input +
+        ``cfg.min_gain``), or that no step moved (``num_steps=0``, every step reverted), comes back
+        exactly as given, with ``ebm_scores`` -inf and ``refined`` False: no degenerate box is ever
+        written back, and T = 0 changes nothing. Clipping keeps each coordinate inside the image,
+        or as far outside as the input box's was (``codec.clip`` with ``ref``): a box the detector
+        put past the border is not pulled in by clipping alone.
     """
     codec = head.codec
     n = boxes.shape[0]
@@ -204,15 +276,18 @@ def refine_boxes(head, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, 
     amp = (torch.autocast(boxes.device.type, dtype=getattr(torch, cfg.autocast)) if cfg.autocast else
            contextlib.nullcontext())
     with amp:
-        res = head.refine(feats, start, sel_idx, sel_labels, cfg)
+        prepared = head.prepare_features(feats)
+        res = refine_on_head(head, prepared, start, sel_idx, sel_labels, cfg)
     shapes = None if img_shapes is None else img_shapes.to(boxes.device)[sel_idx]
     out = codec.clip(res.boxes, shapes, ref=start)
     out_scores = res.scores.float()
     clipped = (out != res.boxes).any(-1)
     if bool(clipped.any()):  # one host sync per call, after the ascent
-        with amp:  # the same f as the ascent's
-            out_scores[clipped] = head.score_boxes(feats, out[clipped], sel_idx[clipped], sel_labels[clipped],
-                                                   context_boxes=start[clipped]).float()
+        # the same f as the ascent's: its features, precision and the context of the start box
+        idx, lab = sel_idx[clipped], sel_labels[clipped]
+        with amp, torch.no_grad():
+            out_scores[clipped] = head.score(prepared, out[clipped], idx, lab,
+                                             **head.box_context(start[clipped], idx)).float()
     init = res.init_scores.float()
     # refinement or clipping made it degenerate or worse, or it gained less than the gate's margin;
     # a box no step moved (T = 0, every step reverted) comes back exactly, not round-tripped

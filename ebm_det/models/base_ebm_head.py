@@ -11,7 +11,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor
 
-from ebm_det.core import BoxCodec, GMMNoise, RefineConfig, RefineResult, refine_by_gradient_ascent
+from ebm_det.core import BoxCodec, GMMNoise, RefineConfig, RefineResult, group_for_scoring, refine_on_head
 from .losses import build_ebm_loss
 
 
@@ -20,9 +20,9 @@ class BaseEBMHead(BaseModule):
 
     Args:
         codec: the box type (``Box2DCodec``, ``LiDARBoxCodec``): space, validity rule, defaults.
-        loss: an ``EBMLoss`` config, e.g. ``dict(type='NCEPlusLoss', num_samples=128, beta=0.1)``;
-            without ``type``, its keys update ``default_loss`` (so ``loss=dict(num_samples=16)``
-            in a config changes only M); ``sigmas`` default to ``codec.default_sigmas``.
+        loss: an ``EBMLoss`` config, e.g. ``dict(type='NCEPlusLoss', num_samples=64)``: ``type``
+            picks the loss, the other keys override that class's defaults (``EBMLoss``: M = 128);
+            ``sigmas`` default to ``codec.default_sigmas``. None: ``default_loss``.
         default_loss: the head's default loss config.
         registry: the MODELS registry the loss is built in (mmdet's or mmdet3d's).
         max_gt_per_batch: at most this many ground truths (chosen at random) feed the loss per
@@ -40,7 +40,8 @@ class BaseEBMHead(BaseModule):
     keeps its initialisation).
 
     Raises:
-        ValueError: ``max_gt_per_batch`` neither None nor an integer >= 1.
+        ValueError: a loss config without ``type`` (naming the registered losses), an unknown loss
+            type or argument; ``max_gt_per_batch`` neither None nor an integer >= 1.
 
     Subclasses set ``self.fc_score`` (the last layer: initialised N(0, 0.001) as in the papers, so
     the first scores are nearly flat) and implement ``prepare_features`` and ``class_scores``;
@@ -53,9 +54,7 @@ class BaseEBMHead(BaseModule):
                  max_gt_per_batch: Optional[int] = DEFAULT_MAX_GT_PER_BATCH, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.codec = codec
-        if loss is None or (isinstance(loss, dict) and 'type' not in loss and 'method' not in loss):
-            loss = {**default_loss, **(loss or {})}
-        self.loss_fn = build_ebm_loss(loss, registry)
+        self.loss_fn = build_ebm_loss(default_loss if loss is None else loss, registry)
         sigmas = self.loss_fn.sigmas if self.loss_fn.sigmas is not None else codec.default_sigmas
         self.noise = GMMNoise(sigmas, periodic_dims=codec.space.periodic_dims)
         if self.noise.sigmas.shape[1] not in (1, codec.dim):
@@ -162,14 +161,6 @@ class BaseEBMHead(BaseModule):
         feats = self.prepare_features(feats)
         return self.class_scores(feats, boxes, batch_idx, **self.box_context(boxes, batch_idx)).argmax(1)
 
-    def _ordered(self, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor):
-        """Boxes, batch_idx, labels and context in ``group_order``, and that order (None: unchanged)."""
-        context = self.box_context(boxes, batch_idx)
-        order = self.group_order(feats, batch_idx, context)
-        if order is None:
-            return boxes, batch_idx, labels, context, None
-        return (boxes[order], batch_idx[order], labels[order], {k: v[order] for k, v in context.items()}, order)
-
     def loss(self, feats, gt_boxes: List, gt_labels: List[Tensor], subsample: bool = True) -> dict:
         """The EBM loss on samples drawn around every valid ground truth (``codec.valid``).
 
@@ -198,7 +189,7 @@ class BaseEBMHead(BaseModule):
         boxes, labels, batch_idx = boxes[keep], labels[keep], batch_idx[keep]
         if boxes.numel() == 0:
             return dict(loss_ebm=sum(p.sum() for p in self.parameters()) * 0.0)
-        boxes, batch_idx, labels, context, _ = self._ordered(feats, boxes, batch_idx, labels)
+        boxes, batch_idx, labels, context, _ = group_for_scoring(self, feats, boxes, batch_idx, labels)
         space, ref, dim = self.space, boxes[:, None], self.codec.dim
 
         def score_fn(y: Tensor) -> Tensor:  # (N, M, D) in the box space -> (N, M)
@@ -213,36 +204,18 @@ class BaseEBMHead(BaseModule):
 
     def refine(self, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor, cfg: Optional[RefineConfig] = None,
                step_sizes: Optional[Tensor] = None) -> RefineResult:
-        """Gradient ascent on f for (N, D) boxes of several images in one batched call (no selection,
-        no clipping: ``ebm_det.core.refine_boxes`` does those around it).
+        """Gradient ascent on f for (N, D) valid boxes of several images in one batched call, on raw
+        ``feats`` (``ebm_det.core.refine_on_head`` after ``prepare_features``; no selection, no
+        clipping: ``ebm_det.core.refine_boxes`` does those around it).
 
         Args:
-            feats: the detector's features (raw; prepared here).
-            boxes: (N, D) valid boxes (``codec.valid``), in the frame of ``feats``.
-            batch_idx, labels: (N,) long.
             cfg: ``RefineConfig`` (or a dict); None: the defaults.
             step_sizes: optional (N, D) per-box lambdas, overriding ``cfg.step_sizes``.
         Returns:
             ``RefineResult`` in the input order.
         """
-        cfg = RefineConfig.build(cfg)
-        feats = self.prepare_features(feats)
-        lam = step_sizes if step_sizes is not None else torch.tensor(
-            cfg.step_sizes_for(self.codec.dim, self.codec.default_step_sizes), dtype=torch.float64)
-        boxes, batch_idx, labels, context, order = self._ordered(feats, boxes, batch_idx, labels)
-        if order is not None and lam.dim() == 2:
-            lam = lam[order.to(lam.device)]  # per-box steps follow their boxes
-
-        def score_fn(b: Tensor, idx: Tensor) -> Tensor:
-            return self.score(feats, b, batch_idx[idx], labels[idx], **{k: v[idx] for k, v in context.items()})
-
-        res = refine_by_gradient_ascent(score_fn, boxes, lam, cfg.num_steps, cfg.decay, space=self.space, tol=cfg.tol,
-                                        chunk_size=cfg.chunk_size)
-        if order is None:
-            return res
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return res.take(inverse)
+        return refine_on_head(self, self.prepare_features(feats), boxes, batch_idx, labels, RefineConfig.build(cfg),
+                              step_sizes)
 
     def _features_as_head_dtype(self, feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """Half-precision (or any other dtype) features are cast to the head's dtype, so a float32

@@ -37,15 +37,15 @@ class EBMBoxHead(BaseEBMHead):
         dropout: p of dropout after each hidden fc layer in training (0: none, the paper's head); a
             regulariser for small training sets. Refinement runs the head in eval mode (no dropout).
         class_agnostic: one score for every class.
-        loss: an EBM loss config (``BaseEBMHead``); default ``DEFAULT_LOSS``: NCE+, M = 128,
-            beta = 0.1, the papers' K = 3 noise.
+        loss: an EBM loss config (``BaseEBMHead``); default ``DEFAULT_LOSS``: ``NCEPlusLoss`` with
+            its defaults (the papers' M, beta and K = 3 noise).
         min_box_size: ground truth and detections narrower or lower than this (input pixels) are
             neither trained on nor refined (``Box2DCodec.min_size``).
         max_gt_per_batch: at most this many GT boxes (chosen at random) feed the loss per batch
             (default 256, ``BaseEBMHead.DEFAULT_MAX_GT_PER_BATCH``, bounding training memory in
             crowded scenes; None: all, unbounded).
     """
-    DEFAULT_LOSS = dict(type='NCEPlusLoss', num_samples=128, beta=0.1)
+    DEFAULT_LOSS = dict(type='NCEPlusLoss')
     POOLINGS = ('grid_sample', 'prroi')
 
     def __init__(self,

@@ -31,13 +31,13 @@ class EBMBoxHead3D(BaseEBMHead):
         num_classes: 1 for a class-agnostic score, else one score per class.
         normalized_space: False (the paper's): noise and steps in metres and radians; True: in
             ``Box3DSpace(normalized=True)`` (centre offsets over the box diagonal, log sizes).
-        loss: an EBM loss config (``BaseEBMHead``); default ``DEFAULT_LOSS``: NCE, M = 128, as
-            ebms_3dod, with its K = 3 noise.
+        loss: an EBM loss config (``BaseEBMHead``); default ``DEFAULT_LOSS``: ``NCELoss`` with its
+            defaults (ebms_3dod's M and K = 3 noise).
         max_gt_per_batch: at most this many GT boxes (chosen at random) feed the loss per batch
             (default 256, ``BaseEBMHead.DEFAULT_MAX_GT_PER_BATCH``, bounding training memory in
             crowded scenes; None: all, unbounded).
     """
-    DEFAULT_LOSS = dict(type='NCELoss', num_samples=128)
+    DEFAULT_LOSS = dict(type='NCELoss')
 
     def __init__(self,
                  in_channels: int,

@@ -6,12 +6,12 @@ from mmcv.ops import batched_nms
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import bbox_overlaps, scale_boxes
+from mmdet.structures.bbox import bbox_overlaps
 from mmdet.utils import ConfigType, InstanceList
 from torch import Tensor
 
 from ebm_det.core import RefineConfig
-from .refine_detector import detector_num_classes, refine_instances
+from .refine_detector import detector_num_classes, refine_instances, rescale_to_original
 
 
 @MODELS.register_module()
@@ -58,10 +58,7 @@ class EBMRoIHead(StandardRoIHead):
         refine_instances(self.ebm_head, x, results, batch_img_metas, self.refine_cfg)
         if rescale:
             for r, meta in zip(results, batch_img_metas):
-                inv = [1 / s for s in meta['scale_factor']]
-                for key in ('bboxes', 'bboxes_init'):
-                    if key in r:
-                        setattr(r, key, scale_boxes(getattr(r, key), inv))
+                rescale_to_original(r, meta['scale_factor'])
         return results
 
     def _nms_by_ebm(self, x, raw, img_id: int, rcnn_test_cfg):

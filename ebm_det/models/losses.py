@@ -1,6 +1,6 @@
 """The core's EBM losses (``ebm_det.core.losses``) in mmdet's MODELS registry, so a head config reads
-``loss=dict(type='NCEPlusLoss', num_samples=128, beta=0.1)`` and a user can register a loss of their
-own (a subclass of ``ebm_det.core.EBMLoss``)."""
+``loss=dict(type='NCEPlusLoss', num_samples=64)`` and a user can register a loss of their own (a
+subclass of ``ebm_det.core.EBMLoss``)."""
 from typing import Union
 
 from mmdet.registry import MODELS
@@ -11,15 +11,26 @@ for _cls in LOSSES.values():
     MODELS.register_module(module=_cls)
 
 
+def registered_losses(registry=MODELS) -> list:
+    """The names of every ``EBMLoss`` a head config can pick: the core's and those registered in
+    ``registry``, sorted."""
+    own = [name for name, cls in registry.module_dict.items() if isinstance(cls, type) and issubclass(cls, EBMLoss)]
+    return sorted(set(LOSSES) | set(own))
+
+
 def build_ebm_loss(cfg: Union[dict, EBMLoss], registry=MODELS) -> EBMLoss:
     """Build an ``EBMLoss``: the core's types through ``ebm_det.core.build_loss``, any other type
     (a user's ``EBMLoss`` subclass) from ``registry`` (mmdet's or mmdet3d's MODELS).
 
     Raises:
-        ValueError: an unknown type or argument, a bad value, or the old ``dict(method=...)`` form.
+        ValueError: no ``type`` (the message names the registered losses), an unknown type or
+            argument, a bad value, or the old ``dict(method=...)`` form.
     """
     if isinstance(cfg, EBMLoss):
         return cfg
+    if 'type' not in cfg and 'method' not in cfg:
+        raise ValueError(f"EBM loss config {dict(cfg)!r} has no 'type': name the loss, e.g. "
+                         f"dict(type='NCEPlusLoss', num_samples=64); registered: {registered_losses(registry)}")
     name = dict(cfg).get('type')
     if 'method' in cfg or not isinstance(name, str) or name in LOSSES or registry.get(name) is None:
         return build_loss(cfg)

@@ -128,6 +128,16 @@ def refine_instances(head, feats, preds: Sequence, img_metas: Sequence[dict], cf
         p.ebm_init_scores = e0
 
 
+def rescale_to_original(pred, scale_factor: Sequence[float]) -> None:
+    """An InstanceData's boxes, ``bboxes`` and ``bboxes_init`` (refined and the detector's), from
+    network-input pixels to the original image, in place: mmdet's ``scale_boxes`` with
+    ``1 / scale_factor`` ((w, h), as ``metainfo['scale_factor']``)."""
+    inv = [1 / s for s in scale_factor]
+    for key in ('bboxes', 'bboxes_init'):
+        if key in pred:
+            setattr(pred, key, scale_boxes(getattr(pred, key), inv))
+
+
 class FeatureCache:
     """A frozen detector's features per image, kept on the CPU, keyed by the exact network input.
 
@@ -359,7 +369,8 @@ class EBMRefineDetector(BaseDetector):
         Args:
             batch_inputs, batch_data_samples: as ``predict`` takes them, i.e. after the data
                 preprocessor (``model.data_preprocessor(data, False)``; ``model.test_step`` does it).
-            rescale: boxes to the original image (``metainfo['scale_factor']``).
+            rescale: boxes to the original image (``rescale``; a no-op for LiDAR boxes, which
+                have one frame).
             refine: None: as ``test_cfg`` says (``enabled=False`` still writes the before/after
                 fields, boxes unchanged); True: refine even if disabled; False: the inner detector's
                 raw results, without the before/after fields (to refine later with ``refine``).
@@ -387,16 +398,13 @@ class EBMRefineDetector(BaseDetector):
 
     def rescale(self, results: SampleList) -> SampleList:
         """Boxes (refined and ``*_init``) from the network input to the original image, in place
-        (mmdet's ``scale_boxes`` with ``1 / metainfo['scale_factor']``)."""
+        (``rescale_to_original``)."""
         for r in results:
             pred = r.pred_instances
             if 'masks' in pred:
                 raise NotImplementedError(f'{type(self).__name__} refines boxes only; masks of '
                                           f'{type(self.detector).__name__} would stay in the network-input frame')
-            inv = [1 / s for s in r.metainfo['scale_factor']]
-            for key in ('bboxes', 'bboxes_init'):
-                if key in pred:
-                    setattr(pred, key, scale_boxes(getattr(pred, key), inv))
+            rescale_to_original(pred, r.metainfo['scale_factor'])
         return results
 
     def predict(self, batch_inputs, batch_data_samples: SampleList, rescale: bool = True) -> SampleList:

@@ -5,7 +5,7 @@ from mmdet3d.models.detectors import MVXTwoStageDetector
 from mmdet3d.registry import MODELS
 from mmdet3d.structures import Det3DDataSample
 
-from .refine_detector import EBMRefineDetector, detect_with_features
+from .refine_detector import EBMRefineDetector
 
 
 @MODELS.register_module()
@@ -23,8 +23,8 @@ class EBMRefineDetector3D(EBMRefineDetector):
     ``extract_feat``); ``feature_cache`` must stay 0 (a ValueError otherwise): it keys features
     by image tensors, and the inputs here are a dict of points / voxels.
 
-    Prediction refines, after the detector's NMS, every box of the batch in one call (the same
-    ``refine_instances`` as 2D). ``pred_instances_3d.bboxes_3d`` are the refined boxes (the
+    Prediction is 2D's ``detect`` (the detector's own ``predict``, its features, the same
+    ``refine_instances``): after the detector's NMS every box of the batch is refined in one call. ``pred_instances_3d.bboxes_3d`` are the refined boxes (the
     detector's box type, yaw wrapped, sizes positive); ``bboxes_3d_init`` and ``scores_3d_init``
     keep the detector's; ``ebm_scores`` holds f (-inf for boxes left unrefined).
     """
@@ -36,15 +36,8 @@ class EBMRefineDetector3D(EBMRefineDetector):
                              'leave feature_cache at 0 (head_updates > 1 still saves detector forwards)')
         super().__init__(*args, **kwargs)
 
-    def detect(self, batch_inputs_dict: dict, batch_data_samples: List[Det3DDataSample], rescale: bool = True,
-               refine: Optional[bool] = None, **kwargs):
-        """As ``EBMRefineDetector.detect``; LiDAR boxes have one frame, so ``rescale`` is unused."""
-        results, feats = detect_with_features(self.detector, batch_inputs_dict, batch_data_samples, **kwargs)
-        if refine is not False:
-            self.refine(feats, results, self.refine_cfg.replace(enabled=True) if refine else None)
-        return results, feats
-
     def rescale(self, results):
+        """LiDAR boxes have one frame: nothing to do."""
         return results
 
     def extract_feat(self, batch_inputs_dict: dict, batch_data_samples: Optional[List[Det3DDataSample]] = None):
@@ -59,7 +52,3 @@ class EBMRefineDetector3D(EBMRefineDetector):
     def ground_truth_in_input_frame(self, boxes, metainfo: dict):
         """LiDAR ground truth is already in the frame of the features."""
         return self.ebm_head.codec.to_tensor(boxes)
-
-    def predict(self, batch_inputs_dict: dict, batch_data_samples: List[Det3DDataSample], **kwargs):
-        results, feats = self.detect(batch_inputs_dict, batch_data_samples, **kwargs)
-        return self.attach_val_loss(feats, batch_data_samples, results)

@@ -8,9 +8,9 @@ refine track boxes (and, with an ``EBMRefineDetector``, detections) before assoc
 """
 from .mot import EBMByteTrack, EBMDeepSORT, EBMTrackingMixin
 from .refiner import EBMBoxRefiner
-from .trackers import EBMByteTracker, EBMSORTTracker, EBMTrackRefineMixin
+from .trackers import EBMByteTracker, EBMSORTTracker, EBMTrackRefineMixin, TrackRefineOptions
 
 __all__ = [
     'EBMBoxRefiner', 'EBMByteTracker', 'EBMSORTTracker', 'EBMTrackRefineMixin', 'EBMByteTrack', 'EBMDeepSORT',
-    'EBMTrackingMixin'
+    'EBMTrackingMixin', 'TrackRefineOptions'
 ]

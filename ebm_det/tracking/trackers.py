@@ -1,7 +1,8 @@
 """mmdet trackers that refine each track's box on the current frame before association. They override
 only where track boxes come from and call mmdet's own association."""
 import contextlib
-from typing import Dict, List, Optional
+import dataclasses
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -9,6 +10,44 @@ from mmdet.models.trackers import ByteTracker, SORTTracker
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox_cxcyah_to_xyxy, bbox_xyxy_to_cxcyah
+
+from ebm_det.core import strict_fields
+
+
+@strict_fields
+@dataclasses.dataclass(frozen=True)
+class TrackRefineOptions:
+    """Which track boxes an EBM tracker refines (a tracker config's ``ebm=dict(...)``), checked when
+    built.
+
+    Args:
+        enabled: refine track boxes at all.
+        refine_tentative: also tentative tracks (whose box is last frame's).
+        refine_lost: also tracks unmatched last frame.
+        write_back: False: refined boxes are used for association only; True: they also replace
+            the Kalman state's position, a pseudo-measurement for unmatched tracks (ByteTrack).
+
+    Raises:
+        ValueError: an unknown key (naming the valid ones) or a value that is not True / False.
+    """
+    enabled: bool = True
+    refine_tentative: bool = True
+    refine_lost: bool = True
+    write_back: bool = False
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f'ebm.{f.name} must be True or False, got {getattr(self, f.name)!r}')
+
+    @classmethod
+    def build(cls, cfg: Union[None, dict, 'TrackRefineOptions'] = None) -> 'TrackRefineOptions':
+        """From None (the defaults), a mapping or a ``TrackRefineOptions``."""
+        return cfg if isinstance(cfg, TrackRefineOptions) else cls(**dict(cfg or {}))
+
+    def replace(self, **changes) -> 'TrackRefineOptions':
+        """A copy with ``changes`` (checked like the constructor)."""
+        return dataclasses.replace(self, **changes)
 
 
 class EBMTrackRefineMixin:
@@ -21,18 +60,11 @@ class EBMTrackRefineMixin:
     class, and kept for that frame. A box the refiner leaves unrefined (invalid, or degenerate
     after clipping) keeps the tracker's own box.
 
-    Args of ``ebm`` (a dict): enabled (True), refine_tentative (True: also tentative tracks,
-    whose box is last frame's), refine_lost (True: also tracks unmatched last frame),
-    write_back (False: refined boxes are used for association only; True: they also replace the
-    Kalman state's position, a pseudo-measurement for unmatched tracks).
+    ``ebm``: a ``TrackRefineOptions`` (or its dict), held as ``self.ebm``.
     """
-    default_ebm = dict(enabled=True, refine_tentative=True, refine_lost=True, write_back=False)
 
-    def _init_ebm(self, ebm: Optional[dict]) -> None:
-        unknown = set(ebm or {}) - set(self.default_ebm)
-        if unknown:
-            raise ValueError(f'unknown ebm options {sorted(unknown)}; valid: {sorted(self.default_ebm)}')
-        self.ebm = {**self.default_ebm, **(ebm or {})}
+    def _init_ebm(self, ebm: Union[None, dict, TrackRefineOptions]) -> None:
+        self.ebm = TrackRefineOptions.build(ebm)
         self.refiner = None
         self._frame: Optional[dict] = None
         self.last_refinement: Dict[str, object] = {}
@@ -44,7 +76,7 @@ class EBMTrackRefineMixin:
     @contextlib.contextmanager
     def _ebm_frame(self, metainfo: dict, feats):
         """The frame's refinement context; nothing of a frame outlives it."""
-        on = bool(self.ebm['enabled']) and self.refiner is not None and feats is not None
+        on = self.ebm.enabled and self.refiner is not None and feats is not None
         self._frame = dict(feats=feats, img_shape=metainfo.get('img_shape'),
                            scale_factor=metainfo.get('scale_factor'), frame_id=metainfo.get('frame_id', -1),
                            boxes={}, tried=set()) if on else None
@@ -59,9 +91,9 @@ class EBMTrackRefineMixin:
         out = []
         for i in ids:
             t = self.tracks[i]
-            if getattr(t, 'tentative', False) and not self.ebm['refine_tentative']:
+            if getattr(t, 'tentative', False) and not self.ebm.refine_tentative:
                 continue
-            if t.frame_ids[-1] != frame_id - 1 and not self.ebm['refine_lost']:
+            if t.frame_ids[-1] != frame_id - 1 and not self.ebm.refine_lost:
                 continue
             out.append(i)
         return out
@@ -131,7 +163,7 @@ class EBMByteTracker(EBMTrackRefineMixin, ByteTracker):
         try:
             yield
         finally:
-            if not self.ebm['write_back']:
+            if not self.ebm.write_back:
                 for i, mean in saved.items():
                     self.tracks[i].mean[:4] = mean
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ebm_det.core import RelativeBox2DSpace, refine_by_gradient_ascent, roi_grid_sample, sampling_layout
+from ebm_det.core import RefineConfig, RelativeBox2DSpace, refine_by_gradient_ascent, roi_grid_sample, sampling_layout
 from tools.benchmarks.refine_speed import timed  # torch and ebm_det.core only at import
 
 STRIDES = (4, 8, 16, 32)
@@ -81,8 +81,8 @@ def refine_fn(head, feats, boxes, batch_idx, labels, steps: int, tol: float = 0.
             return s.float()  # the accept/revert comparison stays float32
 
         with torch.no_grad():
-            return refine_by_gradient_ascent(score_fn, boxes, PAPER_STEPS, steps, 0.5, space=RelativeBox2DSpace(),
-                                             tol=tol)
+            cfg = RefineConfig(num_steps=steps, decay=0.5, tol=tol)
+            return refine_by_gradient_ascent(score_fn, boxes, PAPER_STEPS, cfg, space=RelativeBox2DSpace())
     return run
 
 

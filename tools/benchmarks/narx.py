@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ebm_det.core import GMMNoise, refine_by_gradient_ascent
+from ebm_det.core import GMMNoise, RefineConfig, refine_by_gradient_ascent
 
 from tools.benchmarks import toy_1d  # EnergyNet, loss settings, training loop
 
@@ -200,7 +200,7 @@ def ebm_predict(model: NarxEnergy, x: Tensor, grid: Tensor, step_size: float, st
     def score_fn(b, index):
         return model.score(feat[index], b[:, None, :])[:, 0]
 
-    res = refine_by_gradient_ascent(score_fn, init, step_size, num_steps=steps)
+    res = refine_by_gradient_ascent(score_fn, init, step_size, RefineConfig(num_steps=steps))
     return init[:, 0], res.boxes[:, 0]
 
 
