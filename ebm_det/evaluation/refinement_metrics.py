@@ -1,5 +1,5 @@
 """Metrics of the refinement itself, for the Runner's logs, ``save_best`` and early stopping."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from mmengine.evaluator import BaseMetric
@@ -94,6 +94,26 @@ class RefinementLocalisationMetric(BaseMetric):
         return out
 
 
+def best_overlaps(boxes: torch.Tensor, others: torch.Tensor,
+                  allowed: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each box's best partner among ``others`` by IoU (mmdet's ``bbox_overlaps``): the matching
+    rule of ``match_refined_detections``, also the tracking benchmark's (GT boxes against
+    detections) and its single-object tracker's (predictions against detections).
+
+    Args:
+        boxes: (N, 4) and others: (M, 4), M >= 1, both (x1, y1, x2, y2) in the same pixels.
+        allowed: (N, M) bool, the pairs that may match (e.g. the same class); None: every pair.
+    Returns:
+        (N,) the best IoU (-1 where no pair is allowed) and (N,) the index into ``others`` of that
+        partner.
+    """
+    from mmdet.structures.bbox import bbox_overlaps
+    ious = bbox_overlaps(boxes, others)
+    if allowed is not None:
+        ious = torch.where(allowed, ious, torch.tensor(-1.0, dtype=ious.dtype))
+    return ious.max(1)
+
+
 def match_refined_detections(sample: dict, score_thr: float = 0.3, iou_thr: float = 0.5) -> dict:
     """The detections of one data-sample dict (2D, ``to_dict()`` of a refine detector's result with
     ``gt_instances``) that found an object: detector score (``scores_init``) >= ``score_thr`` and
@@ -119,8 +139,7 @@ def match_refined_detections(sample: dict, score_thr: float = 0.3, iou_thr: floa
     init, boxes = pred['bboxes_init'].float().cpu().reshape(-1, 4), pred['bboxes'].float().cpu().reshape(-1, 4)
     labels = pred['labels'].cpu()
     if len(gt_boxes) and len(init):
-        same = labels[:, None] == torch.as_tensor(gt['labels']).cpu()[None]
-        best, j = torch.where(same, bbox_overlaps(init, gt_boxes), torch.tensor(-1.0)).max(1)
+        best, j = best_overlaps(init, gt_boxes, labels[:, None] == torch.as_tensor(gt['labels']).cpu()[None])
         keep = (pred['scores_init'].cpu() >= score_thr) & (best >= iou_thr)
     else:
         best, j = torch.zeros(len(init)), torch.zeros(len(init), dtype=torch.long)

@@ -42,14 +42,18 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+from mmcv.transforms import Compose
 from mmdet.apis import inference_mot, init_detector, init_track_model
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox_overlaps
+from mmdet.utils import get_test_pipeline_cfg
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
 from mmengine.runner import Runner, load_checkpoint
 from mmengine.structures import InstanceData
 
+from ebm_det.evaluation import best_overlaps
 from ebm_det.tracking import EBMBoxRefiner
 from tools.benchmarks.tracking_metrics import mot_challenge_metrics, motmetrics_summary, read_mot_txt, seq_length
 from tools.benchmarks.tracking_report import render
@@ -263,15 +267,26 @@ class FrameDetections:
         return s
 
 
+def frame_pipeline(cfg) -> Compose:
+    """The test pipeline of the detector's config, reading a frame array, as mmdet's
+    ``inference_detector`` builds it (in the config's default scope, as ``init_detector`` sets it)."""
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    pipeline = get_test_pipeline_cfg(cfg.copy())
+    pipeline[0].type = 'mmdet.LoadImageFromNDArray'
+    return Compose(pipeline)
+
+
 @torch.no_grad()
-def detect_frame(model, image: np.ndarray, frame_id: int) -> FrameDetections:
-    """The detector's raw detections and neck features of one (H, W, 3) BGR frame, in one pass;
-    its detections also refined (source ``detector``)."""
-    h, w = image.shape[:2]
-    meta = dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0), frame_id=frame_id)
-    data = model.data_preprocessor(
-        dict(inputs=[torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))],
-             data_samples=[DetDataSample(metainfo=meta)]), False)
+def detect_frame(model, pipeline: Compose, image: np.ndarray, frame_id: int) -> FrameDetections:
+    """The detector's raw detections and neck features of one (H, W, 3) BGR frame through
+    ``pipeline`` (``frame_pipeline``), in one pass; its detections also refined (source
+    ``detector``)."""
+    data = pipeline(dict(img=image, img_id=frame_id))
+    if tuple(data['data_samples'].scale_factor) != (1.0, 1.0):  # FrameDetections: image pixels = network input's
+        raise ValueError(f"a {image.shape[1]}x{image.shape[0]} frame is resized by the config's test pipeline; "
+                         f'generate the video at its test scale ({FRAME_SIZE} px)')
+    data['data_samples'].set_metainfo(dict(frame_id=frame_id))
+    data = model.data_preprocessor(dict(inputs=[data['inputs']], data_samples=[data['data_samples']]), False)
     results, feats = model.detect(data['inputs'], data['data_samples'], rescale=False, refine=False)
     frame = FrameDetections(dict(results[0].metainfo), feats)
     frame.add_source(model, 'detector', results[0].pred_instances)
@@ -345,7 +360,7 @@ def score_detections(frame: FrameDetections, gt_boxes: torch.Tensor, det_ious: d
         raw, ref = frame.dets[src]
         if not (len(raw) and len(gt_boxes)):
             continue
-        best, j = bbox_overlaps(gt_boxes, raw.bboxes.float()).max(1)
+        best, j = best_overlaps(gt_boxes, raw.bboxes.float())
         hit = best >= GT_HIT_IOU
         det_ious[(src, False)] += best[hit].tolist()
         det_ious[(src, True)] += bbox_overlaps(ref.bboxes[j[hit]].float(), gt_boxes[hit], is_aligned=True).tolist()
@@ -376,6 +391,7 @@ def run_sequence(model, refiner: EBMBoxRefiner, tracker_cfg: dict, seq_dir: Path
     """Every MOT variant on every detection source and every OPE variant over one sequence, one
     detector pass per frame; the noisy GT of frame ``t`` draws from the seed ``(seed, seq_index, t)``."""
     gt = SequenceGT.load(seq_dir)
+    pipeline = frame_pipeline(model.cfg)
     noisy_gt = NoisyGTDetector()
     mot_trackers = [(src, v, build_tracker(tracker_cfg, refiner, v.refine_tracks, s.tracker_overrides))
                     for src, s in SOURCES.items() for v in MOT_VARIANTS]
@@ -383,7 +399,7 @@ def run_sequence(model, refiner: EBMBoxRefiner, tracker_cfg: dict, seq_dir: Path
     sot_trackers = {v.name: ConstantVelocityTracker(refiner if v.refine else None) for v in SOT_VARIANTS}
     for t in range(1, gt.length + 1):
         image = cv2.imread(str(seq_dir / 'img1' / f'{t:06d}.jpg'))
-        frame = detect_frame(model, image, t - 1)
+        frame = detect_frame(model, pipeline, image, t - 1)
         rng = np.random.default_rng([seed, seq_index, t])
         frame.add_source(model, 'noisy GT', noisy_gt(rng, gt.rows[gt.rows[:, 0] == t], gt.labels, image.shape[1],
                                                      model.ebm_head.num_classes))

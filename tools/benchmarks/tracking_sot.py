@@ -4,8 +4,9 @@ from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-from mmdet.structures.bbox import bbox_overlaps
 from torch import Tensor
+
+from ebm_det.evaluation import best_overlaps
 
 SUCCESS_THRESHOLDS = np.linspace(0.0, 1.0, 21)  # OTB's 21 overlap thresholds
 
@@ -79,7 +80,7 @@ class ConstantVelocityTracker:
             pred = pred.cpu()
         if dets is not None and len(dets):
             dets = dets.float().cpu()
-            best, j = bbox_overlaps(pred, dets).max(1)
+            best, j = best_overlaps(pred, dets)
             pred = torch.where((best >= self.det_iou_thr)[:, None], dets[j], pred)
         self.velocity = self.momentum * self.velocity + (1 - self.momentum) * (pred - old)
         self.boxes = pred
