@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ebm_det.core import RefineConfig, RelativeBox2DSpace, refine_by_gradient_ascent, roi_grid_sample, sampling_layout
-from tools.benchmarks.refine_speed import timed  # torch and ebm_det.core only at import
+from tools.benchmarks.common import median_seconds  # torch and ebm_det.core only at import
 
 STRIDES = (4, 8, 16, 32)
 PAPER_STEPS = (8e-4, 8e-4, 3.2e-3, 3.2e-3)  # ECCV 2020, NCE+, (cx/w0, cy/h0, log w, log h)
@@ -127,11 +127,11 @@ def main() -> None:
         variants = {'float32, T steps': dict()}
         if args.levers:
             variants.update({'bf16 autocast': dict(bf16=True), f'early exit tol={args.tol}': dict(tol=args.tol)})
-        det_s = timed(detector_fn(b, args.size, device), args.repeats, device.type)
+        det_s = median_seconds(detector_fn(b, args.size, device), args.repeats)
         for label, kw in variants.items():
             fn = refine_fn(head, feats, boxes, batch_idx, labels, args.steps, **kw)
             res = fn()
-            s = timed(fn, args.repeats, device.type)
+            s = median_seconds(fn, args.repeats)
             rows.append((b, label, s, det_s, int(res.steps)))
         if args.levers:
             compiled = torch.compile(head)
@@ -141,7 +141,7 @@ def main() -> None:
             if device.type == 'cuda':
                 torch.cuda.synchronize()
             warm = time.perf_counter() - t
-            rows.append((b, f'torch.compile (first call {warm:.1f} s)', timed(fn, args.repeats, device.type), det_s,
+            rows.append((b, f'torch.compile (first call {warm:.1f} s)', median_seconds(fn, args.repeats), det_s,
                          args.steps))
     macs = head.macs_per_box()
     lines = [f'Device: {name}; torch {torch.__version__}; input {args.size[0]}x{args.size[1]}, {args.boxes} boxes '
