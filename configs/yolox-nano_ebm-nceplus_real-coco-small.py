@@ -1,7 +1,7 @@
 # yolox-nano_ebm-nceplus_coco.py on the small real COCO subset in ../shared/data/real_coco (288
 # train2017 and 153 val2017 images with the official annotations, and the real YOLOX-Nano
 # checkpoint; see that folder's README.md), with the small-data recipe of this project's real-data
-# benchmark (python tools/benchmarks/real_coco.py; docs/figures/real_coco.md).
+# benchmark (python -m tools.benchmarks.real_coco; docs/figures/real_coco.md).
 # Run from the repository root:
 #     python tools/train.py configs/yolox-nano_ebm-nceplus_real-coco-small.py
 #     python tools/test.py configs/yolox-nano_ebm-nceplus_real-coco-small.py work_dirs/.../iter_N.pth \

@@ -118,7 +118,7 @@ def test_markdown_val_table_tuning_sweep_and_settings():
     res = dict(tune=tune, val=val, chosen=dict(absolute=2e-3), training=training)
     args = argparse.Namespace(num_train=8, num_tune=3, seed=0, det_iters=2, ebm_iters=2, num_samples=128,
                               num_steps=10, normalized=False, head_updates=4, step_sizes=[2e-4, 2e-3])
-    md = bench.markdown(res, args, 'nice -n 5 python tools/benchmarks/kitti_3d.py', 0.5)
+    md = bench.markdown(res, args, 'nice -n 5 python -m tools.benchmarks.kitti_3d', 0.5)
     lines = md.splitlines()
     val_title = next(i for i, line in enumerate(lines) if line.startswith('## Val'))
     tune_title = next(i for i, line in enumerate(lines) if line.startswith('## Tuning split'))
@@ -142,7 +142,7 @@ def test_markdown_val_table_tuning_sweep_and_settings():
     assert 'K = 4 optimiser steps' in md and 'model.head_updates=4' in md and '8 steps in all' in md
     assert '(1.5 min)' in md  # the detector's training time
     assert 'decay 0.5' in md and '2.5 boxes per val frame' in md and 'batches of 4 frames' in md
-    assert md.rstrip().endswith('```') and 'nice -n 5 python tools/benchmarks/kitti_3d.py' in md
+    assert md.rstrip().endswith('```') and 'nice -n 5 python -m tools.benchmarks.kitti_3d' in md
 
 
 def test_command_line_runs_the_module():

@@ -111,7 +111,7 @@ class PrRoIPoolTables:
     table keeps their graph, so gradients of every pooling reach the features.
 
     Cost on 2 CPU threads, 256-channel P2-P5 maps of an 800 x 1344 image, 100 boxes refined for
-    T = 10 steps by an ``EBMBoxHead`` (``tools/benchmarks/refine_once.py --pooling prroi``):
+    T = 10 steps by an ``EBMBoxHead`` (``python -m tools.benchmarks.refine_once --pooling prroi``):
     1.45-1.48 s against 1.05-1.09 s with ``roi_grid_sample`` (alternating runs). The backward to
     the features, through the prefix sums, is slow (0.7 s for those maps with float64 tables);
     a frozen detector never needs it.
