@@ -155,8 +155,9 @@ def select_for_refinement(scores: Tensor, valid: Tensor, batch_idx: Tensor, num_
 @runtime_checkable
 class RefinableHead(Protocol):
     """What the refinement step needs from an EBM head: its box type, its features and f.
-    ``refine_boxes`` and ``refine_on_head`` call these and nothing else, so calls go one way, from
-    the loop to the head (``BaseEBMHead`` implements them; so do the tests' stand-ins).
+    ``refine_boxes``, ``refine_on_head`` and ``score_on_head`` call these and nothing else, so calls
+    go one way, from the loop to the head (``BaseEBMHead`` implements them; so do the tests'
+    stand-ins).
 
     Attributes:
         codec: the box type (``BoxCodec``): box space, validity rule, clipping, default lambda.
@@ -188,6 +189,16 @@ def group_for_scoring(head: RefinableHead, prepared: Any, boxes: Tensor, batch_i
     if order is None:
         return boxes, batch_idx, labels, context, None
     return boxes[order], batch_idx[order], labels[order], {k: v[order] for k, v in context.items()}, order
+
+
+def score_on_head(head: RefinableHead, prepared: Any, boxes: Tensor, batch_idx: Tensor, labels: Tensor,
+                  context_boxes: Optional[Tensor] = None) -> Tensor:
+    """f at (N, D) boxes on prepared features, without gradient: (N,) as ``head.score`` gives it.
+    The per-box context (2D: the FPN level) comes from ``context_boxes`` when given, so a box is
+    scored where it was refined."""
+    with torch.no_grad():
+        context = head.box_context(boxes if context_boxes is None else context_boxes, batch_idx)
+        return head.score(prepared, boxes, batch_idx, labels, **context)
 
 
 def refine_on_head(head: RefinableHead, prepared: Any, boxes: Tensor, batch_idx: Tensor, labels: Tensor,
@@ -284,10 +295,9 @@ def refine_boxes(head: RefinableHead, feats, boxes: Tensor, batch_idx: Tensor, l
     clipped = (out != res.boxes).any(-1)
     if bool(clipped.any()):  # one host sync per call, after the ascent
         # the same f as the ascent's: its features, precision and the context of the start box
-        idx, lab = sel_idx[clipped], sel_labels[clipped]
-        with amp, torch.no_grad():
-            out_scores[clipped] = head.score(prepared, out[clipped], idx, lab,
-                                             **head.box_context(start[clipped], idx)).float()
+        with amp:
+            out_scores[clipped] = score_on_head(head, prepared, out[clipped], sel_idx[clipped], sel_labels[clipped],
+                                                context_boxes=start[clipped]).float()
     init = res.init_scores.float()
     # refinement or clipping made it degenerate or worse, or it gained less than the gate's margin;
     # a box no step moved (T = 0, every step reverted) comes back exactly, not round-tripped

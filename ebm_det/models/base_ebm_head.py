@@ -11,7 +11,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor
 
-from ebm_det.core import BoxCodec, GMMNoise, RefineConfig, RefineResult, group_for_scoring, refine_on_head
+from ebm_det.core import (BoxCodec, GMMNoise, RefineConfig, RefineResult, group_for_scoring, refine_on_head,
+                          score_on_head)
 from .losses import build_ebm_loss
 
 
@@ -145,12 +146,9 @@ class BaseEBMHead(BaseModule):
     @torch.no_grad()
     def score_boxes(self, feats, boxes: Tensor, batch_idx: Tensor, labels: Tensor,
                     context_boxes: Optional[Tensor] = None) -> Tensor:
-        """f at (N, D) boxes on raw ``feats``, without gradient: (N,) in the head's dtype. The
-        per-box context (2D: the FPN level) comes from ``context_boxes`` when given, so a box is
-        scored where it was refined."""
-        prepared = self.prepare_features(feats)
-        context = self.box_context(boxes if context_boxes is None else context_boxes, batch_idx)
-        return self.score(prepared, boxes, batch_idx, labels, **context)
+        """f at (N, D) boxes on raw ``feats``, without gradient: (N,) in the head's dtype
+        (``ebm_det.core.score_on_head`` after ``prepare_features``; ``context_boxes``: as there)."""
+        return score_on_head(self, self.prepare_features(feats), boxes, batch_idx, labels, context_boxes)
 
     @torch.no_grad()
     def best_labels(self, feats, boxes: Tensor, batch_idx: Tensor) -> Tensor:
