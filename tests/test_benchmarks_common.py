@@ -154,3 +154,35 @@ def test_tracking_detect_frame_as_before():
     raw = frame.dets['detector'][0]
     assert torch.equal(raw.bboxes, results[0].pred_instances.bboxes)
     assert torch.equal(raw.scores, results[0].pred_instances.scores)
+
+
+def test_calibrate_gate_and_run_demo_commands(tmp_path, monkeypatch):
+    """small_data's former tools/calibrate_gate.py command line (per class, with options) and the
+    margins read back; tools/demo.sh gets its variables as strings over the given environment."""
+    calls = []
+    out = tmp_path / 'gate.json'
+
+    def run(cmd, **kw):
+        calls.append((cmd, kw.get('env')))
+        if 'tools/calibrate_gate.py' in cmd:
+            out.write_text(json.dumps({'min_gain': [0.5, 'inf']}))
+
+    monkeypatch.setattr(common.subprocess, 'run', run)
+    assert common.calibrate_gate(SHAPES_EBM, 'c.pth', 'annotations/instances_calib.json', 'data/x/', 'train/', out,
+                                 ['model.ebm_head.dropout=0.5'], per_class=True) == [0.5, float('inf')]
+    assert calls[0][0][1:] == ['tools/calibrate_gate.py', SHAPES_EBM, 'c.pth', '--ann-file',
+                               'annotations/instances_calib.json', '--data-root', 'data/x/', '--img-prefix', 'train/',
+                               '--out', str(out), '--device', 'cpu', '--per-class', '--cfg-options',
+                               'model.ebm_head.dropout=0.5']
+    common.run_demo({'WORK': 'w', 'PATH': '/bin'}, EBM_ITERS=600, RUN_TEST=0)
+    assert calls[1] == (['bash', 'tools/demo.sh'], {'WORK': 'w', 'PATH': '/bin', 'EBM_ITERS': '600', 'RUN_TEST': '0'})
+
+
+def test_write_coco_subset(tmp_path):
+    full = dict(info={}, images=[dict(id=i) for i in (3, 1, 2)],
+                annotations=[dict(id=k, image_id=i) for k, i in enumerate((1, 2, 2, 3))], categories=[])
+    path = tmp_path / 'sub.json'
+    common.write_coco_subset(full, [2, 3], path)
+    assert json.loads(path.read_text()) == dict(info={}, images=[dict(id=3), dict(id=2)],
+                                                annotations=[dict(id=1, image_id=2), dict(id=2, image_id=2),
+                                                             dict(id=3, image_id=3)], categories=[])

@@ -21,11 +21,10 @@ refinement where there is one.
 """
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from tools.benchmarks.common import ROOT, median_seconds, test_checkpoint, write_report
+from tools.benchmarks.common import ROOT, median_seconds, run_demo, test_checkpoint, write_report
 from tools.benchmarks.shapes_2d import (EBM_CFG, KEYS, TIMING_BATCHES, WORK, demo_env, load_model_and_batches,
                                         time_refinement)
 
@@ -73,12 +72,6 @@ def seconds_per_iteration(work_dir: Path, skip: int = 20) -> float:
     return sum(times) / len(times)
 
 
-def demo(env: dict, **overrides) -> None:
-    """tools/demo.sh with ``env`` (``demo_env``'s: training only) and ``overrides`` (its variables)."""
-    subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT,
-                   env=dict(env, **{k: str(v) for k, v in overrides.items()}))
-
-
 def time_detector(work: Path, data: str, config: str) -> float:
     """ms per image of a plain detector's ``predict`` on the first val batches (in this process)."""
     import torch
@@ -102,18 +95,18 @@ def main() -> None:
     args = parse_args()
     work = ROOT / args.work
     env = demo_env(args)
-    demo(env)  # Faster R-CNN + its EBM head (skipped when shapes_2d.py trained them)
+    run_demo(env)  # Faster R-CNN + its EBM head (skipped when shapes_2d.py trained them)
     t_det, t_ebm = train_seconds(work / 'det'), train_seconds(work / 'ebm')
     budget = t_det + t_ebm
 
     probe = Path(f'{args.work}_cascade_probe')
-    demo(dict(env, WORK=str(probe)), DET_CFG=CASCADE_CFG, DET_ITERS=args.probe_iters, EBM_ITERS=0)
+    run_demo(dict(env, WORK=str(probe)), DET_CFG=CASCADE_CFG, DET_ITERS=args.probe_iters, EBM_ITERS=0)
     per_iter = seconds_per_iteration(ROOT / probe / 'det')
     full_iters, short_iters = round(budget / per_iter), round(t_det / per_iter)
 
     full, short = f'{args.work}_cascade_{full_iters}', f'{args.work}_cascade_{short_iters}'
-    demo(dict(env, WORK=full), DET_CFG=CASCADE_CFG, DET_ITERS=full_iters, EBM_ITERS=0)
-    demo(dict(env, WORK=short), DET_CFG=CASCADE_CFG, EBM_CFG=CASCADE_EBM_CFG, DET_ITERS=short_iters)
+    run_demo(dict(env, WORK=full), DET_CFG=CASCADE_CFG, DET_ITERS=full_iters, EBM_ITERS=0)
+    run_demo(dict(env, WORK=short), DET_CFG=CASCADE_CFG, EBM_CFG=CASCADE_EBM_CFG, DET_ITERS=short_iters)
 
     def checkpoint(folder: str, sub: str) -> str:
         return (ROOT / folder / sub / 'last_checkpoint').read_text().strip()

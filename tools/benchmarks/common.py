@@ -5,6 +5,7 @@ writing the report.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -52,6 +53,38 @@ def test_batches(model: torch.nn.Module, num_batches: int) -> list:
     from mmengine.runner import Runner
     loader = Runner.build_dataloader(model.cfg.test_dataloader)
     return [model.data_preprocessor(b, False) for _, b in zip(range(num_batches), loader)]
+
+
+def run_demo(env: Optional[dict] = None, **variables) -> None:
+    """``tools/demo.sh`` (generate the shapes set, train a detector, then an EBM head on it; each step
+    skipped when its output exists) with ``env`` (default: this process's) and its ``variables``
+    (``WORK``, ``DET_ITERS``, ``EBM_OPTS``, ...)."""
+    env = dict(os.environ if env is None else env, **{k: str(v) for k, v in variables.items()})
+    subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
+
+
+def write_coco_subset(full: dict, image_ids, path: Path) -> None:
+    """The images ``image_ids`` of the COCO-format annotations ``full`` and their annotations, written
+    to ``path`` (left as it is when it already holds them)."""
+    keep = set(image_ids)
+    text = json.dumps(dict(full, images=[im for im in full['images'] if im['id'] in keep],
+                           annotations=[a for a in full['annotations'] if a['image_id'] in keep]))
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def calibrate_gate(config: str, checkpoint: str, ann_file: str, data_root: str, img_prefix: str, out: Path,
+                   options: Sequence[str] = (), per_class: bool = False):
+    """The refinement gate's margin ``min_gain`` (a float, or a list per class with ``per_class``),
+    calibrated by ``tools/calibrate_gate.py`` on the images of ``ann_file`` under ``data_root`` /
+    ``img_prefix`` (on the CPU), and written to ``out``; read back from ``out`` when it exists."""
+    if not out.exists():
+        subprocess.run([sys.executable, 'tools/calibrate_gate.py', config, checkpoint, '--ann-file', str(ann_file),
+                        '--data-root', data_root, '--img-prefix', img_prefix, '--out', str(out), '--device', 'cpu',
+                        *(['--per-class'] if per_class else []), *(['--cfg-options', *options] if options else [])],
+                       check=True, cwd=ROOT)
+    margin = json.loads(out.read_text())['min_gain']
+    return float(margin) if isinstance(margin, (str, int, float)) else [float(m) for m in margin]
 
 
 def test_checkpoint(config: str, checkpoint, out: Path, options: Sequence[str] = (), work_dir=None,

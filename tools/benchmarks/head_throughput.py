@@ -13,14 +13,12 @@ refined boxes from one pass). Training time at a checkpoint is the checkpoint fi
 run started (so it includes start-up). Writes a markdown table and a plot (``.png`` beside it).
 """
 import argparse
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tools.benchmarks.common import ROOT, figure, test_checkpoint, write_report
+from tools.benchmarks.common import ROOT, figure, run_demo, test_checkpoint, write_report
 from tools.benchmarks.shapes_2d import EBM_CFG, WORK, require_detector
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
@@ -56,10 +54,8 @@ def train(args, k: int, optimizer: str) -> tuple:
     options = (f'model.head_updates={k} model.feature_cache={args.feature_cache} '
                f'default_hooks.checkpoint.interval={args.every} default_hooks.checkpoint.max_keep_ckpts=100 '
                f'{OPTIMIZERS[optimizer]}').strip()
-    env = dict(os.environ, WORK=args.work, DATA=args.data, EBM_DIR=name, EBM_ITERS=str(args.iters), EBM_OPTS=options,
-               RUN_TEST='0')
     start = time.time()
-    subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
+    run_demo(WORK=args.work, DATA=args.data, EBM_DIR=name, EBM_ITERS=args.iters, EBM_OPTS=options, RUN_TEST=0)
     (ROOT / args.work / name / 'start_time').write_text(str(start))
     return name, start
 

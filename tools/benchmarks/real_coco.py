@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from tools.benchmarks.common import ROOT, load_model, parse_options, test_checkpoint
+from tools.benchmarks.common import (ROOT, calibrate_gate, load_model, parse_options, test_checkpoint,
+                                     write_coco_subset)
 
 DATA = ROOT.parent / 'shared' / 'data' / 'real_coco'
 CONFIG = 'configs/yolox-nano_ebm-nceplus_real-coco-small.py'
@@ -52,13 +53,10 @@ def split(work: Path, calib: int) -> dict:
     if not 0 < calib < len(ids):
         raise SystemExit(f'--calib must be between 1 and {len(ids) - 1}, got {calib}')
     out = {}
-    for name, keep in (('train', set(ids[:-calib])), ('calib', set(ids[-calib:]))):
+    for name, keep in (('train', ids[:-calib]), ('calib', ids[-calib:])):
         path = work / 'annotations' / f'instances_{name}.json'
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dict(full, images=[im for im in full['images'] if im['id'] in keep],
-                               annotations=[a for a in full['annotations'] if a['image_id'] in keep]))
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+        write_coco_subset(full, keep, path)
         out[name] = (str(path), len(keep))
     return out
 
@@ -85,13 +83,7 @@ def test(args, work: Path, ckpt: str, tag: str, extra=()) -> dict:
 
 
 def calibrate(args, work: Path, ckpt: str, ann: str):
-    out = work / 'gate.json'
-    if not out.exists():
-        run([sys.executable, 'tools/calibrate_gate.py', CONFIG, ckpt, '--ann-file', ann, '--data-root', f'{DATA}/',
-             '--img-prefix', 'train2017/', '--out', out, '--device', 'cpu',
-             *(['--cfg-options', *args.options] if args.options else [])])
-    margin = json.loads(out.read_text())['min_gain']
-    return float(margin)
+    return calibrate_gate(CONFIG, ckpt, ann, f'{DATA}/', 'train2017/', work / 'gate.json', args.options)
 
 
 def timing(args, work: Path, ckpt: str, images: int = 16) -> dict:

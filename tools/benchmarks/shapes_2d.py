@@ -16,12 +16,11 @@ of the same detections before and after refinement.
 """
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from tools.benchmarks.common import (ROOT, load_model, parse_options, test_batches, test_checkpoint, timed,
-                                     write_report)
+from tools.benchmarks.common import (ROOT, load_model, parse_options, run_demo, test_batches, test_checkpoint,
+                                     timed, write_report)
 
 EBM_CFG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
 KEYS = ['bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l']
@@ -164,8 +163,7 @@ def head_variant_rows(work: Path, data: str, label: str, ebm_dir: str, option: s
     """Another EBM head (``option``, e.g. a 1x1 channel reduction or PrRoIPool) trained by
     tools/demo.sh on the same frozen detector with the same budget, then tested with the first
     variants."""
-    subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT,
-                   env=dict(env, EBM_DIR=ebm_dir, EBM_OPTS=option))  # env: demo_env, training only
+    run_demo(env, EBM_DIR=ebm_dir, EBM_OPTS=option)  # env: demo_env, training only
     return [ap_row(f'refined, {label}: {name}', run_test(work, data, [option, *options], ebm_dir))
             for name, options in list(VARIANTS.items())[:REDUCED_VARIANTS]]
 
@@ -191,7 +189,7 @@ def main() -> None:
     args = parse_args()
     work = ROOT / args.work
     env = demo_env(args)
-    _, train_s = timed(subprocess.run, ['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
+    _, train_s = timed(run_demo, env)
     rows = [f'Command: `python -m tools.benchmarks.shapes_2d {" ".join(sys.argv[1:])}` '
             f'({args.num_train} train / {args.num_val} val images, detector {args.det_iters} it, '
             f'EBM {args.ebm_iters} it; tools/demo.sh took {train_s / 60:.1f} min, skipping the steps whose '

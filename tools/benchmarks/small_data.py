@@ -15,13 +15,12 @@ val) and the head is tested again with it. Writes a markdown table and a plot (`
 """
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from tools.benchmarks.common import ROOT, figure, test_checkpoint, write_report
+from tools.benchmarks.common import (ROOT, calibrate_gate, figure, run_demo, test_checkpoint, write_coco_subset,
+                                     write_report)
 from tools.benchmarks.shapes_2d import EBM_CFG, WORK, require_detector
 
 # head variants: config options applied to the head's training and its tests
@@ -72,22 +71,15 @@ def split(args) -> dict:
         raise SystemExit(f'sizes {too_many} exceed the {len(pool)} training images left after holding out {args.calib}')
     out = {}
     for name, keep in [(f'train_{n}', pool[:n]) for n in args.sizes] + [('calib', held_out)]:
-        path = ann / f'instances_{name}.json'
-        keep = set(keep)
-        subset = dict(full, images=[im for im in full['images'] if im['id'] in keep],
-                      annotations=[a for a in full['annotations'] if a['image_id'] in keep])
-        text = json.dumps(subset)
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
+        write_coco_subset(full, keep, ann / f'instances_{name}.json')
         out[name] = f'annotations/instances_{name}.json'
     return out
 
 
 def train(args, name: str, ann_file: str, options: str) -> Path:
     """Train one head through tools/demo.sh (skipped when it exists); its work dir."""
-    env = dict(os.environ, WORK=args.work, DATA=args.data, EBM_DIR=name, EBM_ITERS=str(args.iters), RUN_TEST='0',
-               EBM_OPTS=f'train_dataloader.dataset.ann_file={ann_file} {options}'.strip())
-    subprocess.run(['bash', 'tools/demo.sh'], check=True, cwd=ROOT, env=env)
+    run_demo(WORK=args.work, DATA=args.data, EBM_DIR=name, EBM_ITERS=args.iters, RUN_TEST=0,
+             EBM_OPTS=f'train_dataloader.dataset.ann_file={ann_file} {options}'.strip())
     return ROOT / args.work / name
 
 
@@ -100,16 +92,9 @@ def test(args, folder: Path, options: list, tag: str) -> dict:
 def calibrate(args, folder: Path, options: list, calib_ann: str):
     """The gate's margin (per class with ``--per-class-gate``) from the held-out training images
     (cached)."""
-    out = folder / ('gate_per_class.json' if args.per_class_gate else 'gate.json')
-    if not out.exists():
-        ckpt = (folder / 'last_checkpoint').read_text().strip()
-        extra = (['--per-class'] if args.per_class_gate else []) + (['--cfg-options', *options] if options else [])
-        subprocess.run([sys.executable, 'tools/calibrate_gate.py', EBM_CFG, ckpt, '--ann-file', calib_ann,
-                        '--data-root', f'{args.data}/', '--img-prefix', 'train/', '--out', str(out), '--device', 'cpu',
-                        *extra],
-                       check=True, cwd=ROOT)
-    margin = json.loads(out.read_text())['min_gain']
-    return float(margin) if isinstance(margin, (str, int, float)) else [float(m) for m in margin]
+    return calibrate_gate(EBM_CFG, (folder / 'last_checkpoint').read_text().strip(), calib_ann, f'{args.data}/',
+                          'train/', folder / ('gate_per_class.json' if args.per_class_gate else 'gate.json'), options,
+                          args.per_class_gate)
 
 
 def row(variant: str, n: int, m: dict, g: dict, margin) -> dict:

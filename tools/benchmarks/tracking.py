@@ -55,20 +55,16 @@ from mmengine.structures import InstanceData
 
 from ebm_det.evaluation import best_overlaps
 from ebm_det.tracking import EBMBoxRefiner
+from tools.benchmarks.common import run_demo
 from tools.benchmarks.tracking_metrics import mot_challenge_metrics, motmetrics_summary, read_mot_txt, seq_length
 from tools.benchmarks.tracking_report import render
 from tools.benchmarks.tracking_sot import ConstantVelocityTracker, success_auc
 
 ROOT = Path(__file__).resolve().parents[2]
-DET_CONFIG = 'configs/faster-rcnn_r18_fpn_shapes.py'
-EBM_CONFIG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
 MOT_CONFIG = 'configs/bytetrack_ebm_shapes-video.py'  # the tracker settings, and the memory / Runner runs
 FRAME_SIZE = 256  # px, side of the generated frames
 SPLIT, LONG_SPLIT = 'val', 'long'  # generated splits: the scored sequences, the memory run's one
 SHAPES_TRAIN_IMAGES, SHAPES_VAL_IMAGES = 300, 20  # still images the small models train on when none exist
-DET_LR_STEPS, EBM_LR_STEPS = (0.75, 0.9), (2 / 3, 5 / 6)  # LR drops, as fractions of the iterations
-# where each config's MultiStepLR sits in its param_scheduler (the detector's follows a LinearLR warm-up)
-DET_MULTISTEP_INDEX, EBM_MULTISTEP_INDEX = 1, 0
 GT_HIT_IOU = 0.3  # a detection that overlaps a GT object this much found it (the detections table)
 MEMORY_SAMPLES = 12  # RSS samples along the long sequence (plus the first and the last frame)
 PEDESTRIAN = 1  # MOT class of scored objects (others are don't-care)
@@ -127,38 +123,11 @@ def trained_ebm(work_dir: str) -> Optional[Tuple[str, str]]:
     return str(configs[0]), Path(last).read_text().strip()
 
 
-def schedule_options(iters: int, scheduler_index: int, lr_steps: Sequence[float]) -> List[str]:
-    """``--cfg-options`` for an ``iters``-iteration run whose ``MultiStepLR`` is ``param_scheduler.<index>``."""
-    milestones = ','.join(str(int(iters * f)) for f in lr_steps)
-    return [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters + 1}',
-            f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.{scheduler_index}.end={iters}',
-            f'param_scheduler.{scheduler_index}.milestones=[{milestones}]']
-
-
-def train(config: str, work_dir: str, options: List[str]) -> str:
-    """``tools/train.py config`` into ``work_dir`` unless it holds a checkpoint; the checkpoint."""
-    last = osp.join(work_dir, 'last_checkpoint')
-    if not osp.exists(last):
-        subprocess.run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options', *options],
-                       cwd=ROOT, check=True)
-    return Path(last).read_text().strip()
-
-
 def train_small_models(args) -> None:
-    """A detector and its EBM head on generated still images, into ``args.train_dir``."""
-    data = args.shapes_data
-    ann = f'{data}/annotations/instances_val.json'
-    if not osp.exists(ann):
-        subprocess.run([sys.executable, '-m', 'ebm_det.synthetic.coco_shapes', '--out', data, '--num-train',
-                        str(SHAPES_TRAIN_IMAGES), '--num-val', str(SHAPES_VAL_IMAGES)], cwd=ROOT, check=True)
-    roots = [f'{k}.dataset.data_root={data}/' for k in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
-    det_ckpt = train(DET_CONFIG, osp.join(args.train_dir, 'det'),
-                     [*roots, f'val_evaluator.ann_file={ann}',
-                      *schedule_options(args.train_det_iters, DET_MULTISTEP_INDEX, DET_LR_STEPS)])
-    train(EBM_CONFIG, osp.join(args.train_dir, 'ebm'),
-          [*roots, f'model.detector_checkpoint={det_ckpt}', f'val_evaluator.0.ann_file={ann}',
-           f'val_evaluator.1.metric.ann_file={ann}',
-           *schedule_options(args.train_ebm_iters, EBM_MULTISTEP_INDEX, EBM_LR_STEPS)])
+    """A detector and its EBM head on generated still images (the hard kind), into
+    ``args.train_dir``: ``tools/demo.sh``'s training (seeded)."""
+    run_demo(DATA=args.shapes_data, WORK=args.train_dir, NUM_TRAIN=SHAPES_TRAIN_IMAGES, NUM_VAL=SHAPES_VAL_IMAGES,
+             DIFFICULTY='hard', DET_ITERS=args.train_det_iters, EBM_ITERS=args.train_ebm_iters, RUN_TEST=0)
 
 
 def find_or_train(args) -> Tuple[str, str, str]:
