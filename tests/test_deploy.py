@@ -248,3 +248,152 @@ def test_onnxruntime_with_no_boxes(exported):
 def test_export_tool_refuses_a_low_opset():
     with pytest.raises(SystemExit):
         export_onnx.parse_args(['c.py', 'k.pth', '--opset', '13'])
+
+
+# ------------------------------------------------------------------------------- 3D: EBMBoxHead3D
+needs_mmdet3d = pytest.mark.skipif(importlib.util.find_spec('mmdet3d') is None, reason='mmdet3d not importable')
+BEV_RANGE = (-16.0, -8.0, 16.0, 8.0)
+
+
+def _head3d(dtype=torch.float32, score_std=0.05, **kw):
+    from ebm_det.models import EBMBoxHead3D
+    torch.manual_seed(0)
+    args = dict(in_channels=6, bev_range=BEV_RANGE, fc_channels=32, zh_channels=8, num_classes=3)
+    args.update(kw)
+    head = EBMBoxHead3D(**args)
+    torch.nn.init.normal_(head.fc_score.weight, std=score_std)
+    return head.to(dtype).eval()
+
+
+def _assert_same_as_eager_3d(refiner, inputs, atol=1e-4):
+    with torch.no_grad():
+        got, expected = refiner(*inputs), refiner.eager(*inputs)
+    torch.testing.assert_close(got[0], expected.boxes, rtol=0, atol=atol, equal_nan=True)
+    torch.testing.assert_close(got[1], expected.ebm_scores, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2], expected.init_scores, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[3], expected.refined)
+    return got, expected
+
+
+@needs_mmdet3d
+@pytest.mark.parametrize('normalized', [False, True])
+def test_head3d_energy_gradient_equals_autograd_float64(normalized):
+    """The 3D refiner's f and df/dy in ``Box3DSpace`` (absolute or normalized) against autograd
+    through ``EBMBoxHead3D.score`` (the rotated BEV grid, the z / h encoders, the fc layers), with a
+    channel-reducing conv and two BEV levels, three frames, boxes across the map's border, yaw
+    across +-pi."""
+    from ebm_det.core.static_refine import static_refine_boxes
+    from ebm_det.deploy import StaticBoxRefiner3D
+    head = _head3d(torch.float64, reduced_channels=4, normalized_space=normalized)
+    refiner = StaticBoxRefiner3D(head)
+    feats, boxes, _, labels, batch_idx = refiner.example_inputs(3, 8, (16, 32), channels=3)
+    feats = (feats[0], torch.randn_like(feats[0]))  # two levels of 3 channels: the head's 6
+    boxes[0, 6] = 3.1
+    space = head.codec.space
+    y = space.encode(boxes, boxes) + 0.02 * torch.randn(len(boxes), 7, dtype=torch.float64)
+    yy = y.clone().requires_grad_(True)
+    expected_f = head.score(head.prepare_features(list(feats)), space.decode(yy, boxes), batch_idx, labels)
+    expected_g, = torch.autograd.grad(expected_f.sum(), yy)
+    captured = {}
+
+    def spy(energy, b, *args, **kwargs):  # the energy the refiner builds, called at y
+        captured['f'], g = energy(space.decode(y, b), b, True)
+        captured['g'] = space.decode_vjp(g, y, b)
+        return static_refine_boxes(energy, b, *args, **kwargs)
+
+    import ebm_det.deploy.refiner as module
+    module.static_refine_boxes, saved = spy, module.static_refine_boxes
+    try:
+        with torch.no_grad():
+            refiner(feats, boxes, None, labels, batch_idx)
+    finally:
+        module.static_refine_boxes = saved
+    torch.testing.assert_close(captured['f'], expected_f.detach(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(captured['g'], expected_g, rtol=0, atol=1e-6)
+    assert (expected_g[:, [2, 5]].abs() > 0).any()  # z and h reach f through their encoders
+
+
+@needs_mmdet3d
+@pytest.mark.parametrize('case', ['default', 'gate_and_caps', 'tol', 'normalized', 'agnostic_reduced'])
+def test_static_refiner_3d_equals_refine_boxes(case):
+    """Boxes, f at the output box, f at the input box and the refined flags of ``refine_boxes``
+    (float32, 1e-4): random LiDAR boxes of three frames (some across the map border, one of zero
+    width, one NaN), revert-and-halve, yaw wrapping, per-class gates, caps, early convergence."""
+    from ebm_det.deploy import StaticBoxRefiner3D
+    cfgs = dict(default=(RefineConfig(num_steps=5, step_sizes=0.05), {}),
+                gate_and_caps=(RefineConfig(num_steps=4, step_sizes=(0.05, 0.05, 0.02, 0.03, 0.03, 0.02, 0.1),
+                                            decay=0.25, score_thr=0.3, max_per_img=4, min_gain=(0.0, 0.02, 0.0)), {}),
+                tol=(RefineConfig(num_steps=6, step_sizes=0.05, tol=2e-3), {}),
+                normalized=(RefineConfig(num_steps=5, step_sizes=0.03), dict(normalized_space=True)),
+                agnostic_reduced=(RefineConfig(num_steps=3, step_sizes=0.08), dict(num_classes=1, reduced_channels=4)))
+    cfg, kw = cfgs[case]
+    refiner = StaticBoxRefiner3D(_head3d(**kw), cfg)
+    inputs = list(refiner.example_inputs(3, 6, (32, 64), seed=2))
+    boxes = inputs[1]
+    boxes[0, :2] = torch.tensor([15.5, 7.8])  # at the map's corner
+    boxes[1, 6] = 3.14  # yaw at +pi: steps wrap it
+    boxes[4, 4] = 0.0  # zero width: never refined
+    boxes[9, 3] = float('nan')
+    got, expected = _assert_same_as_eager_3d(refiner, tuple(inputs))
+    assert expected.refined.sum() >= 3 and not expected.refined[4] and not expected.refined[9]
+    assert not torch.equal(got[0][expected.refined], boxes[expected.refined])
+
+
+@needs_mmdet3d
+def test_static_refiner_3d_empty_frames_and_refusals():
+    from ebm_det.deploy import StaticBoxRefiner3D, static_refiner_for
+    head = _head3d()
+    refiner = static_refiner_for(head, RefineConfig(num_steps=2, step_sizes=0.05))
+    assert isinstance(refiner, StaticBoxRefiner3D) and isinstance(static_refiner_for(_head()), StaticBoxRefiner)
+    feats, boxes, scores, labels, batch_idx = refiner.example_inputs(3, 2)
+    with torch.no_grad():
+        out = refiner(feats, boxes[:0], scores[:0], labels[:0], batch_idx[:0])
+    assert [tuple(t.shape) for t in out] == [(0, 7), (0, ), (0, ), (0, )]
+    keep = batch_idx != 1  # frame 1 has no boxes
+    _assert_same_as_eager_3d(refiner, (feats, boxes[keep], scores[keep], labels[keep], batch_idx[keep]))
+    with pytest.raises(ValueError, match='autocast'):
+        StaticBoxRefiner3D(head, RefineConfig(autocast='bfloat16'))
+    with pytest.raises(NotImplementedError, match='EBMBoxHead3D'):
+        StaticBoxRefiner3D(_head())
+
+
+@needs_mmdet3d
+def test_static_refiner_3d_traces_whole_without_host_sync():
+    from ebm_det.deploy import StaticBoxRefiner3D
+    torch._dynamo.reset()
+    refiner = StaticBoxRefiner3D(_head3d(), RefineConfig(num_steps=3, step_sizes=0.05))
+    compiled = torch.compile(refiner, fullgraph=True, backend='eager', dynamic=True)
+    with torch.no_grad():
+        for args in ((2, 4, (32, 64)), (3, 5, (24, 40))):
+            inputs = refiner.example_inputs(*args, seed=args[0])
+            for a, b in zip(compiled(*inputs), refiner(*inputs)):
+                torch.testing.assert_close(a, b)
+
+
+@needs_mmdet3d
+@needs_onnx
+def test_onnx_export_3d_equals_pytorch(tmp_path):
+    """``export_onnx`` of a ``StaticBoxRefiner3D``: inputs feat_0, boxes, scores, labels, batch_idx;
+    onnxruntime equals PyTorch for 1-4 frames, 0-21 boxes and other map sizes than traced."""
+    import onnx
+    import onnxruntime as ort
+
+    from ebm_det.deploy import StaticBoxRefiner3D
+    from ebm_det.deploy import export_onnx as export
+    from ebm_det.deploy.refiner import feed_names
+    refiner = StaticBoxRefiner3D(_head3d(), RefineConfig(num_steps=3, step_sizes=0.05))
+    path = export(refiner, str(tmp_path / 'refine3d.onnx'))
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ['feat_0', 'boxes', 'scores', 'labels', 'batch_idx']
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    for frames, per_frame, size in ((1, 1, (16, 40)), (4, 5, (48, 96)), (2, 0, (32, 64)), (3, 7, (32, 64))):
+        inputs = refiner.example_inputs(frames, per_frame, size, seed=frames)
+        feed = dict(zip(feed_names(refiner, inputs), [t.numpy() for t in list(inputs[0]) + list(inputs[1:])]))
+        got = [torch.from_numpy(o) for o in session.run(None, feed)]
+        with torch.no_grad():
+            expected = refiner(*inputs)
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-4)
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-5)
+        assert torch.equal(got[3], expected[3])
