@@ -133,6 +133,12 @@ def timed(fn: Callable, *args, **kwargs) -> Tuple[object, float]:
     return out, synchronized_clock() - start
 
 
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux ``/proc``)."""
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
 def write_report(text: str, out: Union[str, Path]) -> None:
     """Print the markdown ``text`` and write it to ``out`` (relative to the repository), making its
     folder."""

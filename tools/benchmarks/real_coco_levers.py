@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools.benchmarks.common import ROOT, write_report
+
 DATA = ROOT.parent / 'shared' / 'data' / 'real_coco'
 CONFIG = 'configs/yolox-nano_ebm-nceplus_real-coco-small.py'
 FINE = [[s] * 4 for s in (0.0375, 0.075, 0.15)]  # the papers' NCE+ sigmas halved
@@ -142,6 +143,7 @@ def measure(head, items: list, steps: int) -> dict:
     from mmdet.structures.bbox import bbox_overlaps
     from mmengine.structures import InstanceData
     from ebm_det.core import RefineConfig
+    from ebm_det.evaluation import best_overlaps
     from ebm_det.models.refine_detector import refine_instances
     cfg = RefineConfig.build(dict(num_steps=steps))
     lam = torch.tensor(head.codec.default_step_sizes)
@@ -171,8 +173,7 @@ def measure(head, items: list, steps: int) -> dict:
         sel = it['det_scores'] >= 0.3
         det, dl = it['det'][sel], it['det_labels'][sel]
         if len(det) and len(it['gt']):
-            same = dl[:, None] == it['gt_labels'][None]
-            best, j = torch.where(same, bbox_overlaps(det, it['gt']), torch.tensor(-1.0)).max(1)
+            best, j = best_overlaps(det, it['gt'], dl[:, None] == it['gt_labels'][None])
             m = best >= 0.5
             if m.any():
                 det, dl, g = det[m], dl[m], it['gt'][j[m]]
@@ -255,10 +256,7 @@ def main() -> None:
                          f"{100 * s['jitter_closer']:.0f}% | {s['cos']:.2f} | {s['det_iou'][0]:.3f} -> "
                          f"{s['det_iou'][1]:.3f} | {100 * s['det_away']:.0f}% of {s['matched']} | "
                          f"{100 * s['f_gt_above']:.0f}% |")
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text('\n'.join(lines) + '\n')
-    print('\n'.join(lines))
+    write_report('\n'.join(lines) + '\n', args.out)
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ import time
 import torch
 
 from ebm_det.core import RefineConfig, refine_boxes
-from tools.benchmarks.common import ROOT, load_model, median_seconds, write_report
+from tools.benchmarks.common import ROOT, load_model, median_seconds, rss_mb, write_report
 
 NUM_CLASSES = 80  # COCO: the random boxes' labels and the memory test's head
 IMAGE_SIZE = (800, 1344)  # (h, w): 800x1333 padded to a multiple of 32
@@ -176,11 +176,6 @@ def bench_train_overhead(device: str, repeats: int):
     return row
 
 
-def _rss_mb() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
-
 def _memory_child(n: int, chunk: int, device: str) -> None:
     """Run in a subprocess: print the peak extra memory (MB) of refining n boxes: CUDA's peak
     allocation, or on CPU the peak resident set sampled every 2 ms by a thread."""
@@ -192,11 +187,11 @@ def _memory_child(n: int, chunk: int, device: str) -> None:
     boxes, bidx, labels = random_boxes(1, n, h, w, device)
     shapes = torch.tensor([[h, w]], device=device)
     cfg = RefineConfig(num_steps=MEMORY_STEPS, chunk_size=chunk or None)
-    base, peak, done = _rss_mb(), [0.0], threading.Event()
+    base, peak, done = rss_mb(), [0.0], threading.Event()
 
     def poll():
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
+            peak[0] = max(peak[0], rss_mb())
             time.sleep(MEMORY_POLL_S)
 
     if device == 'cuda':
@@ -207,7 +202,7 @@ def _memory_child(n: int, chunk: int, device: str) -> None:
     with torch.no_grad():
         refine_boxes(head, feats, boxes, bidx, labels, cfg, img_shapes=shapes)
     done.set()
-    used = torch.cuda.max_memory_allocated() / 2**20 - base if device == 'cuda' else max(peak[0], _rss_mb()) - base
+    used = torch.cuda.max_memory_allocated() / 2**20 - base if device == 'cuda' else max(peak[0], rss_mb()) - base
     print(json.dumps(dict(boxes=n, chunk=chunk, peak_mb=used)))
 
 

@@ -55,7 +55,7 @@ from mmengine.structures import InstanceData
 
 from ebm_det.evaluation import best_overlaps
 from ebm_det.tracking import EBMBoxRefiner
-from tools.benchmarks.common import run_demo
+from tools.benchmarks.common import rss_mb, run_demo
 from tools.benchmarks.tracking_metrics import mot_challenge_metrics, motmetrics_summary, read_mot_txt, seq_length
 from tools.benchmarks.tracking_report import render
 from tools.benchmarks.tracking_sot import ConstantVelocityTracker, success_auc
@@ -99,14 +99,6 @@ MOT_VARIANTS = (MOTVariant('ByteTrack', False, False), MOTVariant('+ EBM dets', 
                 MOTVariant('+ EBM tracks', False, True), MOTVariant('+ EBM dets + tracks', True, True))
 SOT_VARIANTS = (SOTVariant('constant velocity', False, False), SOTVariant('+ EBM', True, False),
                 SOTVariant('+ dets', False, True), SOTVariant('+ dets + EBM', True, True))
-
-
-def rss_mb() -> float:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024.0
-    return float('nan')
 
 
 def peak_rss_mb() -> float:
