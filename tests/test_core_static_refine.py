@@ -73,7 +73,8 @@ def _check_sampler(device, boxes, batch_idx, levels, out_size, ratio, feats=None
 def test_flatten_pyramid_rows(device):
     feats, strides = _pyramid(device)
     pyr = flatten_pyramid(feats, strides)
-    assert pyr.flat.shape == (2 * 16 * 16 + 2 * 8 * 8, 3)
+    assert pyr.flat.shape == (2 * 16 * 16 + 2 * 8 * 8 + 1, 3)
+    assert not pyr.flat[-1].any()  # the zero padding
     assert pyr.offsets.tolist() == [0, 512] and pyr.heights.tolist() == [16, 8] and pyr.widths.tolist() == [16, 8]
     lvl, b, y, x = 1, 1, 5, 2
     row = pyr.offsets[lvl] + (b * pyr.heights[lvl] + y) * pyr.widths[lvl] + x

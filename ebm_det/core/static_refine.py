@@ -42,9 +42,10 @@ BoxEnergy = Callable[[Tensor, Tensor, bool], Tuple[Tensor, Optional[Tensor]]]
 class FlatPyramid(NamedTuple):
     """Every level of every image of a feature pyramid as rows of one channels-last tensor.
 
-    Pixel (b, y, x) of level l is row ``offsets[l] + (b * heights[l] + y) * widths[l] + x``.
+    Pixel (b, y, x) of level l is row ``offsets[l] + (b * heights[l] + y) * widths[l] + x``; the
+    last row is zeros, read for a point outside its map.
     """
-    flat: Tensor  # (sum_l B * H_l * W_l, C)
+    flat: Tensor  # (sum_l B * H_l * W_l + 1, C)
     offsets: Tensor  # (L,) long: the first row of each level
     heights: Tensor  # (L,) long
     widths: Tensor  # (L,) long
@@ -63,6 +64,7 @@ def flatten_pyramid(features: Sequence[Tensor], strides: Sequence[float]) -> Fla
         heights.append(torch.full_like(start, h))
         widths.append(torch.full_like(start, w))
         start = start + b * h * w
+    rows.append(features[0].new_zeros(1, features[0].shape[1]))  # the zero padding
     return FlatPyramid(torch.cat(rows), torch.stack(offsets), torch.stack(heights), torch.stack(widths),
                        torch.tensor([float(s) for s in strides], dtype=features[0].dtype, device=features[0].device))
 
@@ -78,7 +80,7 @@ def map_fpn_levels(boxes: Tensor, num_levels: int, finest_scale: float = 56.0) -
 class BilinearSamples(NamedTuple):
     """``bilinear_gather``'s read, and what ``bilinear_index_grad`` needs again."""
     values: Tensor  # (N, Q, C) the bilinear values
-    corners: Tensor  # (4, N, Q, C) values at (y0, x0), (y0, x1), (y1, x0), (y1, x1); 0 outside the map
+    corners: Tuple[Tensor, ...]  # 4 x (N, Q, C): at (y0, x0), (y0, x1), (y1, x0), (y1, x1); 0 outside the map
     weights: Tensor  # (4, N, Q) wx0, wx1, wy0, wy1 of each point
 
 
@@ -103,20 +105,19 @@ def bilinear_gather(pyramid: FlatPyramid, batch_idx: Tensor, levels: Tensor, ix:
     wx1, wy1 = ix - x0f, iy - y0f
     x0, y0 = x0f.long(), y0f.long()
     base = (pyramid.offsets[levels] + batch_idx.long() * pyramid.heights[levels] * pyramid.widths[levels])[:, None]
+    zero_row = flat.shape[0] - 1
     corners = []
     for dy in (0, 1):
         yy = y0 + dy
         for dx in (0, 1):
             xx = x0 + dx
             inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-            row = torch.where(inside, base + yy * width + xx, torch.zeros_like(yy))  # masked below
-            vals = flat.index_select(0, row.reshape(-1)).reshape(n, q, channels)
-            corners.append(vals * inside[..., None].to(flat.dtype))
-    c = torch.stack(corners)
-    weights = torch.stack([1 - wx1, wx1, 1 - wy1, wy1])
-    wx0, wx1, wy0, wy1 = (w[..., None] for w in weights)
-    vals = wy0 * (wx0 * c[0] + wx1 * c[1]) + wy1 * (wx0 * c[2] + wx1 * c[3])
-    return BilinearSamples(vals, c, weights)
+            row = torch.where(inside, base + yy * width + xx, zero_row)
+            corners.append(flat.index_select(0, row.reshape(-1)).reshape(n, q, channels))
+    # interpolated along x, then y: the fewest passes over the (N, Q, C) corner values
+    ax, ay = wx1[..., None], wy1[..., None]
+    vals = torch.lerp(torch.lerp(corners[0], corners[1], ax), torch.lerp(corners[2], corners[3], ax), ay)
+    return BilinearSamples(vals, tuple(corners), torch.stack([1 - wx1, wx1, 1 - wy1, wy1]))
 
 
 def bilinear_index_grad(samples: BilinearSamples, grad_values: Tensor) -> Tuple[Tensor, Tensor]:
@@ -124,7 +125,7 @@ def bilinear_index_grad(samples: BilinearSamples, grad_values: Tensor) -> Tuple[
     with ix by wy0 (v01 - v00) + wy1 (v11 - v10) and with iy by wx0 (v10 - v00) + wx1 (v11 - v01),
     the floor held, as ``grid_sample``'s own backward does (at an integer index the derivative is
     the right-hand one)."""
-    a00, a01, a10, a11 = (samples.corners * grad_values).sum(-1)  # <gradient, corner value>
+    a00, a01, a10, a11 = (torch.linalg.vecdot(c, grad_values) for c in samples.corners)  # <gradient, corner>
     wx0, wx1, wy0, wy1 = samples.weights
     return wy0 * (a01 - a00) + wy1 * (a11 - a10), wx0 * (a10 - a00) + wx1 * (a11 - a01)
 
