@@ -397,3 +397,30 @@ def test_onnx_export_3d_equals_pytorch(tmp_path):
         torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-5)
         assert torch.equal(got[3], expected[3])
+
+
+@needs_mmdet3d
+@needs_onnx
+def test_export_tool_on_a_3d_config(tmp_path):
+    """The tool on the PointPillars EBM config (random weights, a small head): mmdet3d's
+    ``init_model``, ``StaticBoxRefiner3D``, and its own onnxruntime check (3 frames, 21 boxes, another
+    map size than traced) against PyTorch's static loop and ``refine_boxes``."""
+    from mmdet3d.apis import init_model
+    from mmengine.config import Config
+
+    from ebm_det.deploy import StaticBoxRefiner3D
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'pointpillars_ebm-nce_kitti-gen_car.py'))
+    cfg.model.ebm_head.fc_channels = 64
+    cfg.model.test_cfg = dict(num_steps=3, step_sizes=0.02)
+    torch.manual_seed(0)
+    model = init_model(cfg, device='cpu')
+    torch.nn.init.normal_(model.ebm_head.fc_score.weight, std=0.05)
+    ckpt, cfg_path, out = tmp_path / 'model.pth', tmp_path / 'config.py', tmp_path / 'refine3d.onnx'
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), ckpt)
+    cfg.dump(str(cfg_path))
+    assert isinstance(export_onnx.build_refiner(str(cfg_path), str(ckpt)), StaticBoxRefiner3D)
+    report = export_onnx.main([str(cfg_path), str(ckpt), '--out', str(out)])
+    assert report['refined_equal_static'] and report['refined_equal_eager'] and report['refined'] > 0
+    assert report['max_box_diff_vs_static'] < 1e-4 and report['max_box_diff_vs_eager'] < 1e-4
+    with pytest.raises(SystemExit, match='2D'):
+        export_onnx.main([str(cfg_path), str(ckpt), '--out', str(out), '--check-ap'])

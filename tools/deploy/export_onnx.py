@@ -1,10 +1,13 @@
-"""Export a 2D EBM detector's refinement as an ONNX graph (run it with onnxruntime beside the detector).
+"""Export an EBM detector's refinement as an ONNX graph (run it with onnxruntime beside the detector).
 
     python tools/deploy/export_onnx.py CONFIG CHECKPOINT --out refine.onnx [--opset 18] [--no-check]
         [--device cpu] [--check-ap] [--cfg-options k=v ...]
 
-The graph is ``ebm_det.deploy.StaticBoxRefiner`` on the checkpoint's ``EBMBoxHead`` with the
-config's ``test_cfg`` (T, step sizes, decay, tol, score_thr, max_per_img, min_gain baked in):
+The graph is ``ebm_det.deploy.StaticBoxRefiner`` on the checkpoint's ``EBMBoxHead`` (a 2D
+``EBMRefineDetector`` config, loaded by mmdet's ``init_detector``), or ``StaticBoxRefiner3D`` on
+its ``EBMBoxHead3D`` (an ``EBMRefineDetector3D`` config, loaded by mmdet3d's ``init_model``), with
+the config's ``test_cfg`` (T, step sizes, decay, tol, score_thr, max_per_img, min_gain baked in).
+2D:
 
     inputs   feat_0 .. feat_{L-1}  (B, C, H_l, W_l) float32: the neck's first L levels (L = the
                                    head's featmap_strides), as the detector computed them
@@ -16,11 +19,20 @@ config's ``test_cfg`` (T, step sizes, decay, tol, score_thr, max_per_img, min_ga
     outputs  refined_boxes (N, 4), ebm_scores (N,) (-inf: not refined), ebm_init_scores (N,),
              refined (N,) bool
 
-B, N and every H_l, W_l are dynamic. With the check (default) the graph runs once in onnxruntime
-(CPU) on random inputs of another batch size and box count than the traced ones, and the tool prints
-the largest difference to PyTorch's eager refinement (``ebm_det.core.refine_boxes``). Only
-``EBMBoxHead`` with ``pooling='grid_sample'`` exports (PrRoIPool and the 3D head: autograd only);
-docs/user_guides/deploy.md says how to deploy.
+3D (LiDAR boxes on the BEV map):
+
+    inputs   feat_0 .. feat_{L-1}  (B, C_l, H, W) float32: the neck's BEV levels of B frames
+                                   (concatenated along channels by the graph, as the head does)
+             boxes                 (N, 7) float32 x, y, z, l, w, h, yaw (metres, radians)
+             scores                (N,) float32 detection scores
+             labels, batch_idx     (N,) int64: class and frame of each box
+    outputs  refined_boxes (N, 7) (yaw in [-pi, pi)), ebm_scores (N,), ebm_init_scores (N,), refined (N,)
+
+B, N and the map sizes are dynamic. With the check (default) the graph runs once in onnxruntime
+(CPU) on random inputs of another batch size, box count and map size than the traced ones, and the
+tool prints the largest difference to PyTorch's static loop and eager refinement
+(``ebm_det.core.refine_boxes``). ``EBMBoxHead(pooling='prroi')`` does not export (PrRoIPool's box
+gradient is autograd-only); ``--check-ap`` is 2D only. docs/user_guides/deploy.md says how to deploy.
 """
 import argparse
 import os
@@ -35,7 +47,7 @@ import ebm_det  # noqa: F401  (registers the modules; weights-only checkpoint lo
 def parse_args(argv=None) -> argparse.Namespace:
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('config', help='the 2D EBM refine detector config (EBMRefineDetector)')
+    p.add_argument('config', help='the EBM refine detector config (EBMRefineDetector or EBMRefineDetector3D)')
     p.add_argument('checkpoint', help='its checkpoint (.pth)')
     p.add_argument('--out', default='refine.onnx', help='the ONNX file to write')
     p.add_argument('--opset', type=int, default=18, help='ONNX opset (>= 17)')
@@ -51,20 +63,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def is_3d(cfg) -> bool:
+    """Whether the config's EBM head is an ``EBMBoxHead3D`` (an mmdet3d model)."""
+    return (cfg.model.get('ebm_head') or {}).get('type') == 'EBMBoxHead3D'
+
+
 def build_refiner(config, checkpoint: str, device: str = 'cpu', cfg_options=None):
-    """The config's ``EBMRefineDetector`` with the checkpoint's weights (mmdet's ``init_detector``)
-    -> ``StaticBoxRefiner(model.ebm_head, model.refine_cfg)`` in eval mode."""
-    from mmdet.apis import init_detector
+    """The config's ``EBMRefineDetector`` (mmdet's ``init_detector``) or ``EBMRefineDetector3D``
+    (mmdet3d's ``init_model``) with the checkpoint's weights -> ``static_refiner_for(model.ebm_head,
+    model.refine_cfg)`` (``StaticBoxRefiner`` / ``StaticBoxRefiner3D``) in eval mode."""
     from mmengine.config import Config
 
-    from ebm_det.deploy import StaticBoxRefiner
+    from ebm_det.deploy import static_refiner_for
     cfg = Config.fromfile(config) if isinstance(config, str) else config
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    model = init_detector(cfg, checkpoint, device=device)
+    if is_3d(cfg):
+        from mmdet3d.apis import init_model
+        model = init_model(cfg, checkpoint, device=device)
+    else:
+        from mmdet.apis import init_detector
+        model = init_detector(cfg, checkpoint, device=device)
     if not hasattr(model, 'ebm_head'):
-        raise ValueError(f'{type(model).__name__} has no ebm_head: export_onnx exports an EBMRefineDetector')
-    return StaticBoxRefiner(model.ebm_head, model.refine_cfg).eval()
+        raise ValueError(f'{type(model).__name__} has no ebm_head: export_onnx exports an EBMRefineDetector(3D)')
+    return static_refiner_for(model.ebm_head, model.refine_cfg).eval()
 
 
 def check_with_onnxruntime(refiner, path: str, num_images: int = 3, boxes_per_image: int = 7) -> dict:
@@ -72,20 +94,19 @@ def check_with_onnxruntime(refiner, path: str, num_images: int = 3, boxes_per_im
     static loop and to the eager ``refine_boxes``, and whether the ``refined`` flags agree."""
     import onnxruntime as ort
 
-    from ebm_det.core import refine_boxes
-    from ebm_det.deploy.refiner import INPUT_NAMES, example_inputs
+    from ebm_det.deploy import StaticBoxRefiner3D
+    from ebm_det.deploy.refiner import feed_names
     refiner = refiner.cpu()
-    inputs = example_inputs(refiner, num_images, boxes_per_image, image_size=(160, 224), seed=1)
-    feats, rest = inputs[0], inputs[1:]
+    # another image (2D) or BEV map (3D) size than the traced example's
+    size = (48, 96) if isinstance(refiner, StaticBoxRefiner3D) else (160, 224)
+    inputs = refiner.example_inputs(num_images, boxes_per_image, image_size=size, seed=1)
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-    feed = {f'feat_{i}': f.numpy() for i, f in enumerate(feats)}
-    feed.update({name: t.numpy() for name, t in zip(INPUT_NAMES, rest)})
+    feed = dict(zip(feed_names(refiner, inputs), (t.numpy() for t in list(inputs[0]) + list(inputs[1:]))))
     got = [torch.from_numpy(o) for o in session.run(None, feed)]
-    boxes, scores, labels, batch_idx, img_shapes = rest
+    boxes = inputs[1]
     with torch.no_grad():
         static = refiner(*inputs)
-        eager = refine_boxes(refiner.head, feats, boxes, batch_idx, labels, refiner.cfg, scores=scores,
-                             img_shapes=img_shapes, num_images=num_images)
+        eager = refiner.eager(*inputs)
     report = {}
     for name, ref in (('static', static), ('eager', eager)):
         report[f'max_box_diff_vs_{name}'] = float((got[0] - ref[0]).abs().max())
@@ -162,6 +183,9 @@ def main(argv=None) -> dict:
         raise SystemExit(f'checkpoint {args.checkpoint!r} not found: give a trained EBM checkpoint of the config '
                          '(make demo writes work_dirs/demo/ebm/last_checkpoint, which names it)')
     refiner = build_refiner(args.config, args.checkpoint, args.device, args.cfg_options)
+    if args.check_ap and hasattr(refiner.head, 'bev_range'):
+        raise SystemExit('--check-ap scores 2D configs (COCO AP); for a 3D config drop it, and compare the eager '
+                         'and exported refinement with tools/test.py on the config and the default check')
     export_onnx(refiner, args.out, opset=args.opset)
     print(f'[export_onnx] wrote {osp.abspath(args.out)} (opset {args.opset}, T = {refiner.cfg.num_steps})')
     report = {}
