@@ -424,3 +424,34 @@ def test_export_tool_on_a_3d_config(tmp_path):
     assert report['max_box_diff_vs_static'] < 1e-4 and report['max_box_diff_vs_eager'] < 1e-4
     with pytest.raises(SystemExit, match='2D'):
         export_onnx.main([str(cfg_path), str(ckpt), '--out', str(out), '--check-ap'])
+
+
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten ops a call runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('dim', [2, 3])
+def test_static_refiners_are_cuda_graph_capturable(dim):
+    """What a ``torch.cuda.CUDAGraph`` capture refuses, checked on the CPU by the ops a forward runs:
+    no tensor built from host data (``lift_fresh``: ``torch.tensor`` / ``new_tensor``, a
+    host-to-device copy on CUDA) and no read back to the host (``_local_scalar_dense``), with a
+    per-class gate and early convergence set."""
+    if dim == 3 and importlib.util.find_spec('mmdet3d') is None:
+        pytest.skip('mmdet3d not importable')
+    from ebm_det.deploy import static_refiner_for
+    cfg = RefineConfig(num_steps=2, step_sizes=0.05, tol=1e-3, score_thr=0.1, max_per_img=3,
+                       min_gain=(0.0, 0.01, 0.0))
+    refiner = static_refiner_for(_head() if dim == 2 else _head3d(), cfg)
+    inputs = refiner.example_inputs(2, 4)
+    with torch.no_grad(), _OpRecorder() as rec:
+        refiner(*inputs)
+    assert not {'aten.lift_fresh', 'aten.lift_fresh_copy', 'aten._local_scalar_dense', 'aten.item'} & rec.ops, \
+        sorted(rec.ops)

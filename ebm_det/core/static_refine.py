@@ -65,8 +65,9 @@ def flatten_pyramid(features: Sequence[Tensor], strides: Sequence[float]) -> Fla
         widths.append(torch.full_like(start, w))
         start = start + b * h * w
     rows.append(features[0].new_zeros(1, features[0].shape[1]))  # the zero padding
+    # fills, not torch.tensor(list): no host-to-device copy, which a CUDA graph cannot capture
     return FlatPyramid(torch.cat(rows), torch.stack(offsets), torch.stack(heights), torch.stack(widths),
-                       torch.tensor([float(s) for s in strides], dtype=features[0].dtype, device=features[0].device))
+                       torch.stack([torch.full_like(start, float(s), dtype=features[0].dtype) for s in strides]))
 
 
 def map_fpn_levels(boxes: Tensor, num_levels: int, finest_scale: float = 56.0) -> Tensor:
@@ -349,6 +350,15 @@ def select_for_refinement_static(scores: Tensor, valid: Tensor, batch_idx: Tenso
     return ok & (rank < max_per_img)
 
 
+def _rows_of(values, like: Tensor, dim: int) -> Tensor:
+    """(N, dim) rows of the constants ``values`` (a number, or 1 or ``dim`` numbers) in the dtype and
+    device of ``like`` (N,), by fills: a tensor built from host data (``torch.tensor``,
+    ``new_tensor``) is a host-to-device copy, which a CUDA graph cannot capture."""
+    values = (values, ) if isinstance(values, (int, float)) else tuple(values)
+    cols = [torch.full_like(like, float(v)) for v in values]
+    return torch.stack(cols * dim if len(cols) == 1 else cols, 1)
+
+
 class StaticRefined(NamedTuple):
     boxes: Tensor  # (N, D) the refined box where ``refined``, else the input box
     ebm_scores: Tensor  # (N,) float32 f at the output box; -inf where not refined
@@ -396,14 +406,14 @@ def static_refine_boxes(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, lab
         valid = valid & codec.in_frame(boxes, shapes)
     sel = valid if scores is None else select_for_refinement_static(scores, valid, batch_idx, cfg.score_thr,
                                                                     cfg.max_per_img)
-    stand_in = boxes.new_tensor(codec.stand_in).expand(n, codec.dim)  # its results are dropped
+    stand_in = _rows_of(codec.stand_in, boxes[:, 0], codec.dim)  # its results are dropped
     start = torch.where(sel[:, None], boxes, stand_in)
     ref = start
     space = codec.space
     y = space.encode(start, ref, check=False)  # every row valid: the selected box or the stand-in
     # RefineConfig checked the values when it was built (and step_sizes_for their number); re-checking
     # them here would be Python control flow on every trace
-    lam = y.new_tensor(codec.default_step_sizes if cfg.step_sizes is None else cfg.step_sizes).expand(n, codec.dim)
+    lam = _rows_of(codec.default_step_sizes if cfg.step_sizes is None else cfg.step_sizes, y[:, 0], codec.dim)
     def score_and_grad(yy: Tensor) -> Tuple[Tensor, Tensor]:
         f, g = energy(space.decode(yy, ref), start, True)
         f = f.to(torch.promote_types(f.dtype, torch.float32))
@@ -437,7 +447,11 @@ def static_refine_boxes(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, lab
         out_f = torch.where(clipped, rescored.float(), out_f)
     init = init.float()
     # a box no step moved comes back exactly, not round-tripped through the box space
-    kept = sel & (accepted > 0) & codec.valid(out) & (out_f >= init + cfg.gain_margin(labels))
+    if isinstance(cfg.min_gain, float):
+        margin = cfg.min_gain
+    else:  # per class
+        margin = _rows_of(cfg.min_gain, init, len(cfg.min_gain)).gather(1, labels.long()[:, None])[:, 0]
+    kept = sel & (accepted > 0) & codec.valid(out) & (out_f >= init + margin)
     neg_inf = torch.full_like(out_f, float('-inf'))
     return StaticRefined(torch.where(kept[:, None], out, boxes), torch.where(kept, out_f, neg_inf),
                          torch.where(sel, init, neg_inf), kept, torch.where(sel, accepted, 0),
