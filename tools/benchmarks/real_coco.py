@@ -101,19 +101,20 @@ def timing(args, work: Path, ckpt: str, images: int = 16) -> dict:
     ds_cfg.data_root = f'{DATA}/'
     ds = DATASETS.build(ds_cfg)
     det, ref = [], []
+    threads = torch.get_num_threads()  # the Timer's own default is one
     for i in range(images):
         batch = model.data_preprocessor(pseudo_collate([ds[i]]), False)
         inputs, samples = batch['inputs'], batch['data_samples']
         with torch.no_grad():
-            det.append(Timer('model.detect(inputs, samples, rescale=False, refine=False)',
+            det.append(Timer('model.detect(inputs, samples, rescale=False, refine=False)', num_threads=threads,
                              globals=dict(model=model, inputs=inputs, samples=samples)).blocked_autorange(min_run_time=0.5).median)
             results, feats = model.detect(inputs, samples, rescale=False, refine=False)
         # refine a fresh copy each time (refinement writes into its results)
-        ref.append(Timer('model.refine(feats, copy.deepcopy(results))',  # DetDataSample.clone is shallow
+        ref.append(Timer('model.refine(feats, copy.deepcopy(results))', num_threads=threads,  # clone() is shallow
                          globals=dict(model=model, feats=feats, results=results, copy=copy)).blocked_autorange(
                              min_run_time=0.5).median)
     res = dict(detector_ms=1e3 * sum(det) / images, refine_ms=1e3 * sum(ref) / images, images=images,
-               threads=torch.get_num_threads())
+               threads=threads)
     out.write_text(json.dumps(res))
     return res
 
