@@ -26,24 +26,32 @@ atexit.register(_report)
 def test_gpu_check_smoke_on_cpu_without_openmmlab(tmp_path):
     (tmp_path / 'site').mkdir()
     (tmp_path / 'site' / 'sitecustomize.py').write_text(SITECUSTOMIZE)
-    out = tmp_path / 'gpu_core_smoke.md'
-    env = dict(os.environ, PYTHON=sys.executable, OUT=str(out), PYTHONPATH=str(tmp_path / 'site'))
+    out = tmp_path / 'results' / 'gpu_core_smoke.md'  # $OUT is a folder, as the device tool's
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(out.parent), PYTHONPATH=str(tmp_path / 'site'))
     proc = subprocess.run(['bash', 'tools/benchmarks/gpu_check.sh', '--device', 'cpu'], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert '[openmmlab-block] loaded: none' in proc.stdout
     rows = [line for line in out.read_text().splitlines() if line.startswith('| 1 ') or line.startswith('| 2 ')]
     labels = [row.split(' | ')[1] for row in rows]
-    # per batch size: float32 with T steps, and the levers bf16 autocast, early exit, torch.compile
+    # per batch size, one table: the autograd loop and its levers, the static loop eager, compiled,
+    # and as a CUDA graph (skipped on the CPU, saying why)
     for b in ('1', '2'):
         mine = [row.split(' | ')[1] for row in rows if row.startswith(f'| {b} ')]
-        assert mine[:3] == ['float32, T steps', 'bf16 autocast', 'early exit tol=0.001'], labels
-        assert mine[3].startswith('torch.compile'), labels
+        assert mine[:4] == ['autograd loop', 'autograd, bf16 autocast', 'autograd, early exit tol=0.001',
+                            'static loop, eager'], labels
+        assert mine[4].startswith('static loop, torch.compile (first call'), labels
+        assert mine[5] == 'static loop, CUDA graph', labels
     for row in rows:
-        cells = row.strip('|').split('|')
-        steps, refine_ms, det_ms, ratio = int(cells[2]), float(cells[3]), float(cells[4]), float(cells[5])
-        assert 0 <= steps <= 10 and refine_ms > 0 and det_ms > 0
+        cells = [c.strip() for c in row.strip('|').split('|')]
+        if cells[1] == 'static loop, CUDA graph':
+            assert cells[2].startswith('skipped: torch.cuda.CUDAGraph needs a CUDA device'), row
+            continue
+        refine_ms, det_ms, ratio, diff = float(cells[2]), float(cells[3]), float(cells[4]), float(cells[7])
+        assert refine_ms > 0 and det_ms > 0
         assert abs(ratio - refine_ms / det_ms) <= 0.002 + 0.02 * ratio  # the table rounds each cell
+        if cells[1].startswith('static loop') or cells[1] == 'autograd loop':
+            assert diff < 1e-3, row  # the same refinement as the autograd loop
 
 
 def test_gpu_check_refuses_an_unknown_device():
