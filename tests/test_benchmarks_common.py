@@ -186,3 +186,9 @@ def test_write_coco_subset(tmp_path):
     assert json.loads(path.read_text()) == dict(info={}, images=[dict(id=3), dict(id=2)],
                                                 annotations=[dict(id=1, image_id=2), dict(id=2, image_id=2),
                                                              dict(id=3, image_id=3)], categories=[])
+
+
+def test_command_line_quotes_the_module_run():
+    assert common.command_line('tools.benchmarks.x', ['--head-options', 'model.a=[1, 2]']) == \
+        "python -m tools.benchmarks.x --head-options 'model.a=[1, 2]'"
+    assert common.command_line('tools.benchmarks.x', []) == 'python -m tools.benchmarks.x'

@@ -21,10 +21,9 @@ refinement where there is one.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from tools.benchmarks.common import ROOT, median_seconds, run_demo, test_checkpoint, write_report
+from tools.benchmarks.common import ROOT, command_line, median_seconds, run_demo, test_checkpoint, write_report
 from tools.benchmarks.shapes_2d import (EBM_CFG, KEYS, TIMING_BATCHES, WORK, demo_env, load_model_and_batches,
                                         time_refinement)
 
@@ -120,7 +119,7 @@ def main() -> None:
     ms_cascade = time_detector(ROOT / full, args.data, CASCADE_CFG)
     t_cascade_short, t_cascade_ebm_train = train_seconds(ROOT / short / 'det'), train_seconds(ROOT / short / 'ebm')
 
-    rows = [f'Command: `python -m tools.benchmarks.cascade_2d {" ".join(sys.argv[1:])}` ({args.num_train} train / '
+    rows = [f'Command: `{command_line("tools.benchmarks.cascade_2d")}` ({args.num_train} train / '
             f'{args.num_val} val generated images, 256 px; half-width R18-FPN, AdamW, batch 4; training time = the sum '
             f'of logged iteration times; Cascade R-CNN {1000 * per_iter:.0f} ms/iteration against the Faster '
             f"R-CNN's {1000 * t_det / args.det_iters:.0f}; the EBM head {args.ebm_iters} iterations on either)", '',

@@ -6,6 +6,7 @@ writing the report.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -131,6 +132,12 @@ def timed(fn: Callable, *args, **kwargs) -> Tuple[object, float]:
     start = synchronized_clock()
     out = fn(*args, **kwargs)
     return out, synchronized_clock() - start
+
+
+def command_line(module: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command that reproduces this run, as the reports quote it: ``python -m <module>`` and
+    ``argv`` (default: this process's arguments), shell-quoted."""
+    return ' '.join(['python', '-m', module, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
 
 
 def rss_mb() -> float:

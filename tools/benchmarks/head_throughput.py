@@ -13,12 +13,10 @@ refined boxes from one pass). Training time at a checkpoint is the checkpoint fi
 run started (so it includes start-up). Writes a markdown table and a plot (``.png`` beside it).
 """
 import argparse
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from tools.benchmarks.common import ROOT, figure, run_demo, test_checkpoint, write_report
+from tools.benchmarks.common import ROOT, command_line, figure, run_demo, test_checkpoint, write_report
 from tools.benchmarks.shapes_2d import EBM_CFG, WORK, require_detector
 
 METRICS = ('bbox_mAP', 'bbox_mAP_75')
@@ -104,7 +102,7 @@ def main() -> None:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(curves, out.with_suffix('.png'))
-    command = 'python -m tools.benchmarks.head_throughput ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line('tools.benchmarks.head_throughput')
     lines = [f'Command: `{command.strip()}` (feature cache {args.feature_cache} images, checkpoint every '
              f'{args.every} iterations of batch 4)', '',
              '| run | iterations | training min | AP gain | AP75 gain | AP | AP75 |', '|---|---|---|---|---|---|---|']

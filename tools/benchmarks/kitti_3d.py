@@ -52,7 +52,6 @@ import dataclasses
 import json
 import os
 import os.path as osp
-import shlex
 import subprocess
 import sys
 import time
@@ -63,6 +62,7 @@ import numpy as np
 import torch
 
 import ebm_det  # noqa: F401  (registers the modules)
+from tools.benchmarks import common
 from tools.benchmarks.common import load_model, timed
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -592,8 +592,7 @@ def markdown(res: dict, args: argparse.Namespace, command: str, minutes: float) 
 
 def command_line(argv: Optional[List[str]]) -> str:
     """The command that reproduces this run, as the report quotes it."""
-    args = ['-m', 'tools.benchmarks.kitti_3d'] + list(argv or sys.argv[1:])
-    return 'python ' + ' '.join(shlex.quote(a) for a in args)
+    return common.command_line('tools.benchmarks.kitti_3d', argv or None)
 
 
 def write_outputs(res: dict, md: str, work_dir: str, out: Optional[str]) -> None:

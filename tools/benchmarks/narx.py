@@ -25,7 +25,6 @@ The functions ``make_data``, ``train`` and ``evaluate`` are reused by tests with
 import argparse
 import math
 import os
-import sys
 import time
 from typing import Dict
 
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from ebm_det.core import GMMNoise, RefineConfig, refine_by_gradient_ascent
 
 from tools.benchmarks import toy_1d  # EnergyNet, loss settings, training loop
+from tools.benchmarks.common import command_line
 
 NOISE_W = (0.6, 0.4)
 NOISE_MU = (-0.2, 0.3)
@@ -399,7 +399,7 @@ def main(argv=None):
     print(table)
     os.makedirs(args.out, exist_ok=True)
     has_fig = plot(ebm, mlp, data, os.path.join(args.out, 'narx.png'), **over)
-    command = 'python -m tools.benchmarks.narx ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    command = command_line('tools.benchmarks.narx', argv)
     write_report(os.path.join(args.out, 'narx.md'), args, table, command.strip(), minutes, has_fig)
     return res
 

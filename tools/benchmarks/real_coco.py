@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.benchmarks.common import (ROOT, calibrate_gate, load_model, parse_options, test_checkpoint,
+from tools.benchmarks.common import (ROOT, calibrate_gate, command_line, load_model, parse_options, test_checkpoint,
                                      write_coco_subset)
 
 DATA = ROOT.parent / 'shared' / 'data' / 'real_coco'
@@ -135,7 +135,7 @@ def table(args, m: dict, g: dict, margin: float, minutes: float, t: dict, sizes:
     pct = lambda d, k: 100 * d[k]  # noqa: E731
     keys = [('AP', 'bbox_mAP'), ('AP50', 'bbox_mAP_50'), ('AP75', 'bbox_mAP_75'), ('APs', 'bbox_mAP_s'),
             ('APm', 'bbox_mAP_m'), ('APl', 'bbox_mAP_l')]
-    cmd = 'python -m tools.benchmarks.real_coco ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = command_line('tools.benchmarks.real_coco')
     lines = [f'Command: `{cmd.strip()}`. Real data: the YOLOX-Nano COCO checkpoint (frozen) and an NCE+ head trained on '
              f"{sizes['train'][1]} real COCO train2017 images ({minutes:.1f} min on this machine), the gate calibrated "
              f"on {sizes['calib'][1]} held-out train2017 images, scored once each on the 153 real val2017 images. ",

@@ -21,14 +21,12 @@ of the time, as the config trains it), then measured on
 import argparse
 import copy
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from tools.benchmarks.common import ROOT, write_report
+from tools.benchmarks.common import ROOT, command_line, write_report
 
 DATA = ROOT.parent / 'shared' / 'data' / 'real_coco'
 CONFIG = 'configs/yolox-nano_ebm-nceplus_real-coco-small.py'
@@ -242,7 +240,7 @@ def main() -> None:
             result.write_text(json.dumps(out))
             print(json.dumps(out), flush=True)
         rows.append(json.loads(result.read_text()))
-    cmd = 'python -m tools.benchmarks.real_coco_levers ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = command_line('tools.benchmarks.real_coco_levers')
     lines = [f'Command: `{cmd.strip()}` ({args.iters} iterations of batch 4; T = {args.steps}; '
              f'held = the last {args.calib} train2017 images, which no head trains on)', '',
              '| lever | head change | train images | loss (last 100 it.) | minutes | split | jitter: IoU -> refined | '

@@ -10,9 +10,8 @@ and, in this process, the detector's and the refinement's time per image on the 
 (``shapes_2d.time_refinement``: no data loading or evaluation in the timed region).
 """
 import argparse
-import sys
 
-from tools.benchmarks.common import ROOT, test_checkpoint, write_report
+from tools.benchmarks.common import ROOT, command_line, test_checkpoint, write_report
 from tools.benchmarks.shapes_2d import EBM_CFG, WORK, require_detector, time_refinement
 
 LEVERS = {  # each sets T, so that a lever means the same whatever the config's default T
@@ -43,7 +42,7 @@ def main() -> None:
     require_detector(args.work)
     work = ROOT / args.work
     ckpt = (work / args.ebm_dir / 'last_checkpoint').read_text().strip()
-    lines = [f'Command: `python -m tools.benchmarks.refine_levers {" ".join(sys.argv[1:])}` (head: '
+    lines = [f'Command: `{command_line("tools.benchmarks.refine_levers")}` (head: '
              f'{args.work}/{args.ebm_dir}; AP on the 150 val images, time per image on the first val batches)', '',
              '| lever | AP | AP75 | matched mean IoU | detector ms | refinement ms | ratio |', '|---|---|---|---|---|---|---|']
     for name in args.levers:

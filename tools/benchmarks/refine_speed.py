@@ -25,7 +25,7 @@ import time
 import torch
 
 from ebm_det.core import RefineConfig, refine_boxes
-from tools.benchmarks.common import ROOT, load_model, median_seconds, rss_mb, write_report
+from tools.benchmarks.common import ROOT, command_line, load_model, median_seconds, rss_mb, write_report
 
 NUM_CLASSES = 80  # COCO: the random boxes' labels and the memory test's head
 IMAGE_SIZE = (800, 1344)  # (h, w): 800x1333 padded to a multiple of 32
@@ -270,7 +270,7 @@ def main() -> None:
         res['train'] = bench_train_overhead(args.device, args.repeats)
     if 'memory' not in args.skip:
         res['memory'] = bench_memory(args.device)
-    md = to_markdown(res, args.device, 'python ' + ' '.join(sys.argv))
+    md = to_markdown(res, args.device, command_line('tools.benchmarks.refine_speed'))
     if args.out:
         write_report(md, args.out)
     else:

@@ -16,10 +16,9 @@ of the same detections before and after refinement.
 """
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from tools.benchmarks.common import (ROOT, load_model, parse_options, run_demo, test_batches, test_checkpoint,
+from tools.benchmarks.common import (ROOT, command_line, load_model, parse_options, run_demo, test_batches, test_checkpoint,
                                      timed, write_report)
 
 EBM_CFG = 'configs/faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'
@@ -190,7 +189,7 @@ def main() -> None:
     work = ROOT / args.work
     env = demo_env(args)
     _, train_s = timed(run_demo, env)
-    rows = [f'Command: `python -m tools.benchmarks.shapes_2d {" ".join(sys.argv[1:])}` '
+    rows = [f'Command: `{command_line("tools.benchmarks.shapes_2d")}` '
             f'({args.num_train} train / {args.num_val} val images, detector {args.det_iters} it, '
             f'EBM {args.ebm_iters} it; tools/demo.sh took {train_s / 60:.1f} min, skipping the steps whose '
             f'outputs {args.work} already held)', '',

@@ -15,11 +15,9 @@ val) and the head is tested again with it. Writes a markdown table and a plot (`
 """
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
-from tools.benchmarks.common import (ROOT, calibrate_gate, figure, run_demo, test_checkpoint, write_coco_subset,
+from tools.benchmarks.common import (ROOT, calibrate_gate, command_line, figure, run_demo, test_checkpoint, write_coco_subset,
                                      write_report)
 from tools.benchmarks.shapes_2d import EBM_CFG, WORK, require_detector
 
@@ -151,7 +149,7 @@ def main() -> None:
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(rows, out.with_suffix('.png'))
-    command = 'python -m tools.benchmarks.small_data ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line('tools.benchmarks.small_data')
     gate = 'a per-class gate' if args.per_class_gate else 'gate'
     lines = [f'Command: `{command.strip()}` ({args.iters} EBM iterations of batch 4 at every size; {gate} calibrated '
              f'on {args.calib} held-out training images; scored on the 150 val images)', '',

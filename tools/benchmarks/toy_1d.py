@@ -25,7 +25,6 @@ The functions ``make_data``, ``train`` and ``evaluate`` are reused by tests with
 import argparse
 import math
 import os
-import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -34,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ebm_det.core import EBMLoss, GMMNoise, build_loss
+from tools.benchmarks.common import command_line
 
 X_LO, X_HI = -3.0, 3.0  # the inputs' range
 Y_LO, Y_HI = -3.0, 3.0  # the y-range of the densities (evaluation and the exact-ML grid)
@@ -460,7 +460,7 @@ def main(argv=None):
     table = markdown_table(results, args.datasets, args.methods)
     print(table)
     os.makedirs(args.out, exist_ok=True)
-    command = 'python -m tools.benchmarks.toy_1d ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    command = command_line('tools.benchmarks.toy_1d', argv)
     has_fig = plot(models, os.path.join(args.out, 'toy_1d.png'), args.datasets, args.methods)
     write_report(os.path.join(args.out, 'toy_1d.md'), args, table, command.strip(), minutes, has_fig)
     return results

@@ -30,7 +30,6 @@ import json
 import os
 import os.path as osp
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -55,7 +54,7 @@ from mmengine.structures import InstanceData
 
 from ebm_det.evaluation import best_overlaps
 from ebm_det.tracking import EBMBoxRefiner
-from tools.benchmarks.common import rss_mb, run_demo
+from tools.benchmarks.common import command_line, rss_mb, run_demo
 from tools.benchmarks.tracking_metrics import mot_challenge_metrics, motmetrics_summary, read_mot_txt, seq_length
 from tools.benchmarks.tracking_report import render
 from tools.benchmarks.tracking_sot import ConstantVelocityTracker, success_auc
@@ -533,7 +532,7 @@ def main() -> None:
         print(f'[tracking] memory run: {args.long_frames} frames in {time.perf_counter() - t0:.0f} s', flush=True)
 
     codec = model.ebm_head.codec
-    cmd = 'python -m tools.benchmarks.tracking ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = command_line('tools.benchmarks.tracking')
     result = dict(
         command=cmd.strip(), config=cfg_path, checkpoint=ckpt, origin=origin,
         det_refine=refine_settings(model.refine_cfg, codec, ('num_steps', 'step_sizes', 'decay')),
