@@ -455,3 +455,25 @@ def test_static_refiners_are_cuda_graph_capturable(dim):
         refiner(*inputs)
     assert not {'aten.lift_fresh', 'aten.lift_fresh_copy', 'aten._local_scalar_dense', 'aten.item'} & rec.ops, \
         sorted(rec.ops)
+
+
+def test_gpu_core_head_is_ebm_box_head():
+    """tools/benchmarks/gpu_core.py's ``CoreBoxHead`` (EBMBoxHead's layers on ebm_det.core alone, for the
+    GPU machine without mmdet) loads an ``EBMBoxHead``'s weights under the same names and refines
+    exactly as it does, by ``refine_boxes`` and by ``StaticBoxRefiner``."""
+    from tools.benchmarks.gpu_core import CoreBoxHead
+    head = _head()
+    core = CoreBoxHead(num_classes=3, in_channels=8, fc_channels=32, featmap_strides=(4, 8, 16), finest_scale=16)
+    core.load_state_dict(head.state_dict())
+    cfg = RefineConfig(num_steps=4, step_sizes=0.05)
+    inputs = example_inputs(StaticBoxRefiner(head, cfg), 2, 8, (96, 128), seed=3)
+    feats, boxes, scores, labels, batch_idx, img_shapes = inputs
+    assert torch.equal(core.level_mapper.map_levels(boxes), head.map_levels(boxes))
+    with torch.no_grad():
+        expected = refine_boxes(head, feats, boxes, batch_idx, labels, cfg, scores=scores, img_shapes=img_shapes)
+        got = refine_boxes(core, feats, boxes, batch_idx, labels, cfg, scores=scores, img_shapes=img_shapes)
+        static = StaticBoxRefiner(core.eval(), cfg)(*inputs)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+    assert expected.refined.any() and torch.equal(static[3], expected.refined)
+    torch.testing.assert_close(static[0], expected.boxes, rtol=0, atol=1e-4)
