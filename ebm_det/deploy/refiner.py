@@ -221,9 +221,14 @@ class StaticBoxRefiner3D(_StaticRefinerBase):
         return MLPWeights(tuple(m.weight for m in layers), tuple(m.bias for m in layers))
 
     @property
+    def encoder_width(self) -> int:
+        """Outputs of each of the z / h encoders (the head's ``zh_channels``)."""
+        return self._encoder(self.head.z_mlp).weights[-1].shape[0]
+
+    @property
     def grid_channels(self) -> int:
         """Columns of the first fc layer that read the BEV grid (C * n_w * n_l)."""
-        return self.head.fcs[0].in_features - 2 * self.head.z_mlp[-2].out_features
+        return self.head.fcs[0].in_features - 2 * self.encoder_width
 
     def mlp(self) -> MLPWeights:
         """The head's fc stack, the grid's columns of the first layer reordered from (C, n_w, n_l)
@@ -248,7 +253,7 @@ class StaticBoxRefiner3D(_StaticRefinerBase):
         pyramid = flatten_pyramid([self.prepare(feats)], [1.0])
         mlp, z_mlp, h_mlp = self.mlp(), self._encoder(head.z_mlp), self._encoder(head.h_mlp)
         read = self._labels_read(labels)
-        k, zh = self.grid_channels, head.z_mlp[-2].out_features
+        k, zh = self.grid_channels, self.encoder_width
 
         def energy(b: Tensor, context: Tensor, need_grad: bool):
             samples = rotated_bev_features(pyramid, b, batch_idx, head.bev_range, head.grid_size)
