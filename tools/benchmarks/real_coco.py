@@ -156,10 +156,15 @@ def table(args, m: dict, g: dict, margin: float, minutes: float, t: dict, sizes:
     return '\n'.join(lines) + '\n'
 
 
-def main() -> None:
-    args = parse_args()
+def require_data() -> None:
+    """SystemExit unless the shared real-data folder is there."""
     if not DATA.is_dir():
         raise SystemExit(f'{DATA} not found: this benchmark needs the shared real-data folder (../shared/data)')
+
+
+def main() -> None:
+    args = parse_args()
+    require_data()
     work = ROOT / args.work
     settings = dict(iters=args.iters, calib=args.calib, options=args.options)
     known = work / 'settings.json'

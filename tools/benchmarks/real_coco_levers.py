@@ -27,9 +27,7 @@ from pathlib import Path
 import torch
 
 from tools.benchmarks.common import ROOT, command_line, write_report
-
-DATA = ROOT.parent / 'shared' / 'data' / 'real_coco'
-CONFIG = 'configs/yolox-nano_ebm-nceplus_real-coco-small.py'
+from tools.benchmarks.real_coco import CONFIG, DATA, require_data
 FINE = [[s] * 4 for s in (0.0375, 0.075, 0.15)]  # the papers' NCE+ sigmas halved
 # lever -> (changes to the config's ebm_head, training-set size or None for all)
 LEVERS = {
@@ -203,8 +201,7 @@ def lever_config(name: str) -> tuple:
 
 def main() -> None:
     args = parse_args()
-    if not DATA.is_dir():
-        raise SystemExit(f'{DATA} not found: this benchmark needs the shared real-data folder (../shared/data)')
+    require_data()
     from mmengine.config import Config
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
