@@ -115,9 +115,12 @@ def bilinear_gather(pyramid: FlatPyramid, batch_idx: Tensor, levels: Tensor, ix:
             inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
             row = torch.where(inside, base + yy * width + xx, zero_row)
             corners.append(flat.index_select(0, row.reshape(-1)).reshape(n, q, channels))
-    # interpolated along x, then y: the fewest passes over the (N, Q, C) corner values
+    # along x, then y, as a + w (b - a): few passes over the (N, Q, C) corner values, and plain ops in
+    # ONNX (torch.lerp exports as both of its branches and a Where: onnxruntime took twice as long)
     ax, ay = wx1[..., None], wy1[..., None]
-    vals = torch.lerp(torch.lerp(corners[0], corners[1], ax), torch.lerp(corners[2], corners[3], ax), ay)
+    top = corners[0] + ax * (corners[1] - corners[0])
+    bottom = corners[2] + ax * (corners[3] - corners[2])
+    vals = top + ay * (bottom - top)
     return BilinearSamples(vals, tuple(corners), torch.stack([1 - wx1, wx1, 1 - wy1, wy1]))
 
 
@@ -126,7 +129,7 @@ def bilinear_index_grad(samples: BilinearSamples, grad_values: Tensor) -> Tuple[
     with ix by wy0 (v01 - v00) + wy1 (v11 - v10) and with iy by wx0 (v10 - v00) + wx1 (v11 - v01),
     the floor held, as ``grid_sample``'s own backward does (at an integer index the derivative is
     the right-hand one)."""
-    a00, a01, a10, a11 = (torch.linalg.vecdot(c, grad_values) for c in samples.corners)  # <gradient, corner>
+    a00, a01, a10, a11 = ((c * grad_values).sum(-1) for c in samples.corners)  # <gradient, corner value>
     wx0, wx1, wy0, wy1 = samples.weights
     return wy0 * (a01 - a00) + wy1 * (a11 - a10), wx0 * (a10 - a00) + wx1 * (a11 - a01)
 
@@ -253,7 +256,8 @@ def rotated_bev_features(pyramid: FlatPyramid, boxes: Tensor, batch_idx: Tensor,
     dtype = pyramid.flat.dtype
     bil = bilinear_gather(pyramid, batch_idx, levels, _grid_sample_index(px, width, dtype).reshape(n, n_w * n_l),
                           _grid_sample_index(py, height, dtype).reshape(n, n_w * n_l))
-    return BEVGridSamples(bil.values.reshape(n, n_w, n_l, pyramid.flat.shape[1]), bil, rel_x, rel_y, u, v, cos, sin, scale)
+    features = bil.values.reshape(n, n_w, n_l, pyramid.flat.shape[1])
+    return BEVGridSamples(features, bil, rel_x, rel_y, u, v, cos, sin, scale)
 
 
 def rotated_bev_box_grad(samples: BEVGridSamples, grad_features: Tensor) -> Tensor:
