@@ -471,7 +471,8 @@ def test_static_loop_equals_refine_boxes_on_a_quadratic_3d(cfg, normalized):
     g = torch.Generator().manual_seed(1)
     n = 15
     boxes = _random_lidar_boxes(n, seed=2)
-    target = boxes + torch.randn(n, 7, generator=g, dtype=f64) * torch.tensor([1, 1, 0.3, 0.5, 0.3, 0.2, 1.5], dtype=f64)
+    spread = torch.tensor([1, 1, 0.3, 0.5, 0.3, 0.2, 1.5], dtype=f64)
+    target = boxes + torch.randn(n, 7, generator=g, dtype=f64) * spread
     target[2, 6] = boxes[2, 6] + 3.0  # pulled across +-pi: yaw wraps
     target[4, 3:6] = -1.0  # sizes pulled below zero: clamped (absolute) or shrinking (normalized)
     boxes[7, 4] = 0.0  # zero width: never refined

@@ -191,7 +191,8 @@ def time_batch(refiner: StaticBoxRefiner, compiled: Callable, batch: int, args: 
     head, cfg = refiner.head, refiner.cfg
     data = inputs(head, batch, args.boxes, args.size, device)
     reference = autograd_fn(head, cfg, data)()
-    runs: List[Tuple[str, Optional[Callable], Optional[Tensor]]] = [('autograd loop', autograd_fn(head, cfg, data), None)]
+    runs: List[Tuple[str, Optional[Callable], Optional[Tensor]]] = [
+        ('autograd loop', autograd_fn(head, cfg, data), None)]
     if args.levers:
         runs += [('autograd, bf16 autocast', autograd_fn(head, cfg.replace(autocast='bfloat16'), data), None),
                  (f'autograd, early exit tol={args.tol}', autograd_fn(head, cfg.replace(tol=args.tol), data), None)]
