@@ -110,6 +110,9 @@ def main(argv=None) -> List[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         onnx_path = os.path.join(tmp, 'refine.onnx')
+        # a cold compile: inductor's on-disk cache (/tmp/torchinductor_<user>) would make the first
+        # call of a later run seconds instead of a minute
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(tmp, 'inductor')
         if 'onnxruntime' in args.paths:
             t = time.perf_counter()
             small = make_inputs(2, 3, args.image_size, args.channels, head.featmap_strides, 80, args.device, seed=1)
@@ -122,7 +125,7 @@ def main(argv=None) -> List[dict]:
             reference = calls['autograd']().cpu() if 'autograd' in calls else None
             for name, call in calls.items():
                 t = time.perf_counter()
-                boxes = call().cpu()  # the first call (compile: the compilation)
+                boxes = call().cpu()  # the first call (compile: the compilation, cold)
                 first = time.perf_counter() - t
                 seconds = median_seconds(call, args.repeats)
                 gap = (boxes - reference).abs().amax(1) if reference is not None else torch.full((1, ), float('nan'))
