@@ -4,6 +4,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,3 +104,17 @@ def count_forwards_and_steps(model, optim, check_inputs=None) -> dict:
 
     model.detector.extract_feat, optim.step = counted_extract, counted_step
     return calls
+
+
+class OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten ops a call runs (``with OpRecorder() as rec: ...; rec.ops``): what a CUDA-graph
+    capture refuses shows on the CPU as ``aten.lift_fresh`` (a tensor from host data) or
+    ``aten._local_scalar_dense`` (a read back to the host)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+from conftest import OpRecorder
+
 from ebm_det.core import (Box2DCodec, Box3DSpace, LiDARBoxCodec, RefineConfig, RelativeBox2DSpace, refine_boxes,
                           select_for_refinement)
 from ebm_det.core.sampling import roi_grid_sample, rotated_bev_grid_sample
@@ -536,16 +538,6 @@ def _sampled_energy(dim, device, dtype=torch.float32):
     return energy, codec, boxes, batch_idx, labels, scores
 
 
-class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize('dim', [2, 3])
 def test_static_loop_builds_nothing_from_host_data(dim):
     """What a CUDA-graph capture refuses, checked on the CPU: no tensor built from host data
@@ -554,7 +546,7 @@ def test_static_loop_builds_nothing_from_host_data(dim):
     energy, codec, boxes, batch_idx, labels, scores = _sampled_energy(dim, 'cpu')
     cfg = RefineConfig(num_steps=2, step_sizes=0.05, tol=1e-3, score_thr=0.1, max_per_img=3, min_gain=(0.0, 0.1, 0.0))
     shapes = torch.tensor([[64, 64]] * 3) if dim == 2 else None
-    with _OpRecorder() as rec:
+    with OpRecorder() as rec:
         static_refine_boxes(energy, boxes, batch_idx, labels, cfg, codec, scores, shapes)
     assert not {'aten.lift_fresh', 'aten.lift_fresh_copy', 'aten._local_scalar_dense'} & rec.ops, sorted(rec.ops)
 

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, OpRecorder
 
 pytest.importorskip('mmdet')
 from ebm_det.core import RefineConfig, RelativeBox2DSpace, refine_boxes  # noqa: E402
@@ -21,6 +21,18 @@ from tools.deploy import export_onnx  # noqa: E402
 ONNX_MISSING = [m for m in ('onnx', 'onnxruntime', 'onnxscript') if importlib.util.find_spec(m) is None]
 needs_onnx = pytest.mark.skipif(bool(ONNX_MISSING), reason=f'{", ".join(ONNX_MISSING)} not importable '
                                 '(tools/install.sh installs them)')
+
+
+def assert_session_equals_module(session, feed, refiner, inputs):
+    """The graph in onnxruntime against the module: refined boxes to 1e-4 px, ebm_scores and
+    ebm_init_scores to 1e-5, the refined flags exactly."""
+    got = [torch.from_numpy(o) for o in session.run(None, feed)]
+    with torch.no_grad():
+        expected = refiner(*inputs)
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[3], expected[3])
 
 
 def _head(dtype=torch.float32, score_std=0.05, **kw):
@@ -223,13 +235,7 @@ def test_onnxruntime_equals_pytorch_static_loop(exported, num_images, boxes_per_
     session = ort.InferenceSession(exported['path'], providers=['CPUExecutionProvider'])
     feed = {f'feat_{i}': f.numpy() for i, f in enumerate(feats)}
     feed.update({name: t.numpy() for name, t in zip(INPUT_NAMES, rest)})
-    got = [torch.from_numpy(o) for o in session.run(None, feed)]
-    with torch.no_grad():
-        expected = refiner(*inputs)
-    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-4)
-    torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-5)
-    assert torch.equal(got[3], expected[3])
+    assert_session_equals_module(session, feed, refiner, inputs)
 
 
 @needs_onnx
@@ -390,13 +396,7 @@ def test_onnx_export_3d_equals_pytorch(tmp_path):
     for frames, per_frame, size in ((1, 1, (16, 40)), (4, 5, (48, 96)), (2, 0, (32, 64)), (3, 7, (32, 64))):
         inputs = refiner.example_inputs(frames, per_frame, size, seed=frames)
         feed = dict(zip(feed_names(refiner, inputs), [t.numpy() for t in list(inputs[0]) + list(inputs[1:])]))
-        got = [torch.from_numpy(o) for o in session.run(None, feed)]
-        with torch.no_grad():
-            expected = refiner(*inputs)
-        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-4)
-        torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-5)
-        assert torch.equal(got[3], expected[3])
+        assert_session_equals_module(session, feed, refiner, inputs)
 
 
 @needs_mmdet3d
@@ -426,18 +426,6 @@ def test_export_tool_on_a_3d_config(tmp_path):
         export_onnx.main([str(cfg_path), str(ckpt), '--out', str(out), '--check-ap'])
 
 
-class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
-    """The aten ops a call runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize('dim', [2, 3])
 def test_static_refiners_are_cuda_graph_capturable(dim):
     """What a ``torch.cuda.CUDAGraph`` capture refuses, checked on the CPU by the ops a forward runs:
@@ -451,7 +439,7 @@ def test_static_refiners_are_cuda_graph_capturable(dim):
                        min_gain=(0.0, 0.01, 0.0))
     refiner = static_refiner_for(_head() if dim == 2 else _head3d(), cfg)
     inputs = refiner.example_inputs(2, 4)
-    with torch.no_grad(), _OpRecorder() as rec:
+    with torch.no_grad(), OpRecorder() as rec:
         refiner(*inputs)
     assert not {'aten.lift_fresh', 'aten.lift_fresh_copy', 'aten._local_scalar_dense', 'aten.item'} & rec.ops, \
         sorted(rec.ops)

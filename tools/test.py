@@ -89,7 +89,9 @@ def main() -> None:
         if not cfg.model.get('detector_checkpoint'):
             raise SystemExit('--detector-only needs an EBM config with model.detector_checkpoint set '
                              '(or --cfg-options model.detector_checkpoint=PATH)')
-        cfg.model.setdefault('test_cfg', {})['enabled'] = False
+        # not setdefault(...)[key] = ...: ConfigDict.setdefault stores a converted copy, and the
+        # assignment would go to the dict it returns (lost when the config has no test_cfg)
+        cfg.model.test_cfg = {**(cfg.model.get('test_cfg') or {}), 'enabled': False}
     cfg.load_from = args.checkpoint
     if args.launcher == 'pytorch' and not torch.cuda.is_available():
         setup_cpu_distributed(cfg)
