@@ -258,6 +258,13 @@ def test_the_loss_is_chosen_by_type_only():
         _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16, loss=dict(num_samples=8)))
     with pytest.raises(ValueError, match="has no 'type'"):
         build_loss(dict(num_samples=8))
+    # what --cfg-options model.ebm_head.loss=dict(...) gives (a string): a TypeError that says how
+    with pytest.raises(TypeError, match='one by one'):
+        _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16, loss='dict(num_samples=8)'))
+    # a habitual _delete_=True (the base head has no loss to replace) is mmengine's, not the loss's
+    head = _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16,
+                       loss=dict(_delete_=True, type='NCELoss', num_samples=8)))
+    assert type(head.loss_fn).__name__ == 'NCELoss' and head.loss_fn.num_samples == 8
     # M has one home, the loss class: a head's default loss names only its type
     head = _build(dict(type='EBMBoxHead', num_classes=2, in_channels=8, fc_channels=16))
     assert type(head.loss_fn).__name__ == 'NCEPlusLoss' and head.loss_fn.num_samples == 128

@@ -95,6 +95,10 @@ def main() -> None:
     cfg.load_from = args.checkpoint
     if args.launcher == 'pytorch' and not torch.cuda.is_available():
         setup_cpu_distributed(cfg)
+    if cfg.get('test_dataloader', {}).get('dataset', {}).get('indices') is not None:
+        print('[test] test_dataloader.dataset.indices is set: CocoMetric scores against every image of its '
+              'ann_file, so coco/ and coco_init/ AP count the images left out as missed (coco_gain/ and refine/ '
+              'stay comparable); for a true subset, write a subset annotation file')
     runner = Runner.from_cfg(cfg)
     if args.detector_only:
         getattr(runner.model, 'module', runner.model).init_weights()  # loads detector_checkpoint (the Runner initialises weights only to train)

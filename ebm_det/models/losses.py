@@ -1,7 +1,7 @@
 """The core's EBM losses (``ebm_det.core.losses``) in mmdet's MODELS registry, so a head config reads
 ``loss=dict(type='NCEPlusLoss', num_samples=64)`` and a user can register a loss of their own (a
 subclass of ``ebm_det.core.EBMLoss``)."""
-from typing import Union
+from typing import Mapping, Union
 
 from mmdet.registry import MODELS
 
@@ -25,9 +25,16 @@ def build_ebm_loss(cfg: Union[dict, EBMLoss], registry=MODELS) -> EBMLoss:
     Raises:
         ValueError: no ``type`` (the message names the registered losses), an unknown type or
             argument, a bad value, or the old ``dict(method=...)`` form.
+        TypeError: ``cfg`` is not a mapping (e.g. a string from ``--cfg-options loss=dict(...)``).
     """
     if isinstance(cfg, EBMLoss):
         return cfg
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f'EBM loss config must be a dict, got {type(cfg).__name__} {cfg!r}; on the command line '
+                        'set its keys one by one, e.g. --cfg-options model.ebm_head.loss.type=NCEPlusLoss '
+                        'model.ebm_head.loss.num_samples=64')
+    # a base config's head has no loss to delete: _delete_ is mmengine's merge instruction, not an argument
+    cfg = {k: v for k, v in cfg.items() if k != '_delete_'}
     if 'type' not in cfg and 'method' not in cfg:
         raise ValueError(f"EBM loss config {dict(cfg)!r} has no 'type': name the loss, e.g. "
                          f"dict(type='NCEPlusLoss', num_samples=64); registered: {registered_losses(registry)}")

@@ -182,7 +182,10 @@ def main(argv=None) -> dict:
     if not args.checkpoint or not os.path.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint!r} not found: give a trained EBM checkpoint of the config '
                          '(make demo writes work_dirs/demo/ebm/last_checkpoint, which names it)')
-    refiner = build_refiner(args.config, args.checkpoint, args.device, args.cfg_options)
+    try:
+        refiner = build_refiner(args.config, args.checkpoint, args.device, args.cfg_options)
+    except NotImplementedError as err:  # a head the static path does not cover (PrRoIPool)
+        raise SystemExit(f'cannot export this head: {err}') from err
     if args.check_ap and hasattr(refiner.head, 'bev_range'):
         raise SystemExit('--check-ap scores 2D configs (COCO AP); for a 3D config drop it, and compare the eager '
                          'and exported refinement with tools/test.py on the config and the default check')
