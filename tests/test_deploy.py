@@ -14,7 +14,7 @@ pytest.importorskip('mmdet')
 from ebm_det.core import RefineConfig, RelativeBox2DSpace, refine_boxes  # noqa: E402
 from ebm_det.core.static_refine import map_fpn_levels  # noqa: E402
 from ebm_det.deploy import StaticBoxRefiner  # noqa: E402
-from ebm_det.deploy.refiner import INPUT_NAMES, example_inputs  # noqa: E402
+from ebm_det.deploy.refiner import INPUT_NAMES  # noqa: E402
 from ebm_det.models import EBMBoxHead  # noqa: E402
 from tools.deploy import export_onnx  # noqa: E402
 
@@ -65,7 +65,7 @@ def test_head_energy_gradient_equals_autograd_float64():
     two images, boxes across the border."""
     head = _head(torch.float64, reduced_channels=4)
     refiner = StaticBoxRefiner(head)
-    feats, boxes, scores, labels, batch_idx, img_shapes = example_inputs(refiner, 2, 8, (96, 128))
+    feats, boxes, scores, labels, batch_idx, img_shapes = refiner.example_inputs(2, 8, (96, 128))
     boxes = torch.cat([boxes, boxes.new_tensor([[-20., -10., 40., 60.], [100., 70., 160., 150.]])])
     batch_idx = torch.cat([batch_idx, batch_idx.new_tensor([0, 1])])
     labels = torch.cat([labels, labels.new_tensor([2, 0])])
@@ -101,7 +101,7 @@ def test_static_refiner_equals_refine_boxes(case):
                                   dict(class_agnostic=True, reduced_channels=4, dropout=0.2)))
     cfg, kw = cfgs[case]
     refiner = StaticBoxRefiner(_head(**kw), cfg)
-    inputs = list(example_inputs(refiner, 3, 6, (96, 160), seed=2))
+    inputs = list(refiner.example_inputs(3, 6, (96, 160), seed=2))
     boxes = inputs[1]
     boxes[0] = torch.tensor([-15., -10., 60., 50.])  # across the border: clipped
     boxes[4, 2] = boxes[4, 0] + 0.5  # under min_size
@@ -118,7 +118,7 @@ def test_static_refiner_accepted_steps_equal_head_refine():
     head = _head()
     cfg = RefineConfig(num_steps=6, step_sizes=0.3)  # large steps: some reverted
     refiner = StaticBoxRefiner(head, cfg)
-    feats, boxes, scores, labels, batch_idx, img_shapes = example_inputs(refiner, 2, 5, (96, 128), seed=4)
+    feats, boxes, scores, labels, batch_idx, img_shapes = refiner.example_inputs(2, 5, (96, 128), seed=4)
     with torch.no_grad():
         res = head.refine(feats, boxes, batch_idx, labels, cfg)
         captured = {}
@@ -142,7 +142,7 @@ def test_static_refiner_accepted_steps_equal_head_refine():
 
 def test_static_refiner_empty_and_images_without_boxes():
     refiner = StaticBoxRefiner(_head(), RefineConfig(num_steps=2))
-    feats, boxes, scores, labels, batch_idx, img_shapes = example_inputs(refiner, 3, 2)
+    feats, boxes, scores, labels, batch_idx, img_shapes = refiner.example_inputs(3, 2)
     with torch.no_grad():
         out = refiner(feats, boxes[:0], scores[:0], labels[:0], batch_idx[:0], img_shapes)
         assert [tuple(t.shape) for t in out] == [(0, 4), (0, ), (0, ), (0, )]
@@ -163,11 +163,11 @@ def test_static_refiner_traces_whole_without_host_sync():
     Dynamo's tracing alone (backend 'eager') checks that, without compiling kernels."""
     torch._dynamo.reset()
     refiner = StaticBoxRefiner(_head(), RefineConfig(num_steps=3, step_sizes=0.05))
-    inputs = example_inputs(refiner, 2, 4)
+    inputs = refiner.example_inputs(2, 4)
     compiled = torch.compile(refiner, fullgraph=True, backend='eager', dynamic=True)
     with torch.no_grad():
         got, expected = compiled(*inputs), refiner(*inputs)
-        other = example_inputs(refiner, 3, 5, (64, 96), seed=5)  # other sizes: no recompilation needed
+        other = refiner.example_inputs(3, 5, (64, 96), seed=5)  # other sizes: no recompilation needed
         got2, expected2 = compiled(*other), refiner(*other)
     for a, b in zip(got + got2, expected + expected2):
         torch.testing.assert_close(a, b)
@@ -183,7 +183,7 @@ def test_static_refiner_equals_refine_boxes_on_the_demo_model():
     refiner = export_onnx.build_refiner(str(ROOT / 'configs' / 'faster-rcnn_r18_fpn_ebm-nceplus_shapes.py'),
                                         _demo_checkpoint())
     for seed in range(3):
-        _assert_same_as_eager(refiner, example_inputs(refiner, 2, 15, (256, 256), seed=seed))
+        _assert_same_as_eager(refiner, refiner.example_inputs(2, 15, (256, 256), seed=seed))
 
 
 # ----------------------------------------------------------------------------------------- ONNX
@@ -227,7 +227,7 @@ def test_onnxruntime_equals_pytorch_static_loop(exported, num_images, boxes_per_
     one degenerate box; the outputs of onnxruntime equal PyTorch's."""
     import onnxruntime as ort
     refiner = export_onnx.build_refiner(exported['config'], exported['checkpoint'])
-    inputs = list(example_inputs(refiner, num_images, boxes_per_image, (128 + 32 * num_images, 192), seed=num_images))
+    inputs = list(refiner.example_inputs(num_images, boxes_per_image, (128 + 32 * num_images, 192), seed=num_images))
     if len(inputs[1]) > 2:
         inputs[1][1] = torch.tensor([-8., 20., 10., 20.5])  # under 1 px high: never refined
         inputs[1][2] = torch.tensor([-30., -20., 90., 70.])  # across the border: clipped
@@ -242,7 +242,7 @@ def test_onnxruntime_equals_pytorch_static_loop(exported, num_images, boxes_per_
 def test_onnxruntime_with_no_boxes(exported):
     import onnxruntime as ort
     refiner = export_onnx.build_refiner(exported['config'], exported['checkpoint'])
-    feats, boxes, scores, labels, batch_idx, img_shapes = example_inputs(refiner, 2, 1)
+    feats, boxes, scores, labels, batch_idx, img_shapes = refiner.example_inputs(2, 1)
     session = ort.InferenceSession(exported['path'], providers=['CPUExecutionProvider'])
     feed = {f'feat_{i}': f.numpy() for i, f in enumerate(feats)}
     feed.update({name: t[:0].numpy() if name != 'img_shapes' else t.numpy()
@@ -454,7 +454,7 @@ def test_gpu_core_head_is_ebm_box_head():
     core = CoreBoxHead(num_classes=3, in_channels=8, fc_channels=32, featmap_strides=(4, 8, 16), finest_scale=16)
     core.load_state_dict(head.state_dict())
     cfg = RefineConfig(num_steps=4, step_sizes=0.05)
-    inputs = example_inputs(StaticBoxRefiner(head, cfg), 2, 8, (96, 128), seed=3)
+    inputs = StaticBoxRefiner(head, cfg).example_inputs(2, 8, (96, 128), seed=3)
     feats, boxes, scores, labels, batch_idx, img_shapes = inputs
     assert torch.equal(core.level_mapper.map_levels(boxes), head.map_levels(boxes))
     with torch.no_grad():

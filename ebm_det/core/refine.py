@@ -302,7 +302,7 @@ def refine_boxes(head: RefinableHead, feats, boxes: Tensor, batch_idx: Tensor, l
     # refinement or clipping made it degenerate or worse, or it gained less than the gate's margin;
     # a box no step moved (T = 0, every step reverted) comes back exactly, not round-tripped
     # through the box space
-    moved = res.accepted > 0 if res.accepted is not None else torch.ones_like(init, dtype=torch.bool)
+    moved = res.accepted > 0
     kept = moved & codec.valid(out) & (out_scores >= init + cfg.gain_margin(sel_labels))
     refined = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     refined[sel] = kept

@@ -450,11 +450,11 @@ def static_refine_boxes(energy: BoxEnergy, boxes: Tensor, batch_idx: Tensor, lab
         rescored, _ = energy(out, start, False)  # f where clipping moved the box, at its refinement's level
         out_f = torch.where(clipped, rescored.float(), out_f)
     init = init.float()
-    # a box no step moved comes back exactly, not round-tripped through the box space
     if isinstance(cfg.min_gain, float):
         margin = cfg.min_gain
     else:  # per class
         margin = _rows_of(cfg.min_gain, init, len(cfg.min_gain)).gather(1, labels.long()[:, None])[:, 0]
+    # a box no step moved comes back exactly, not round-tripped through the box space
     kept = sel & (accepted > 0) & codec.valid(out) & (out_f >= init + margin)
     neg_inf = torch.full_like(out_f, float('-inf'))
     return StaticRefined(torch.where(kept[:, None], out, boxes), torch.where(kept, out_f, neg_inf),

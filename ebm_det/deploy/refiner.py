@@ -7,7 +7,7 @@ exports to ONNX. ``StaticBoxRefiner`` takes an ``EBMBoxHead`` (2D image boxes on
 The head is read, not copied: the module holds it and builds the fc weights from it at every call,
 so a head loaded or trained afterwards is what runs. It imports no OpenMMLab package.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -311,17 +311,6 @@ def static_refiner_for(head: nn.Module, cfg: Optional[RefineConfig] = None) -> _
     """The fixed-shape refiner of ``head``: ``StaticBoxRefiner3D`` for an ``EBMBoxHead3D`` (it has a
     ``bev_range``), ``StaticBoxRefiner`` otherwise."""
     return (StaticBoxRefiner3D if hasattr(head, 'bev_range') else StaticBoxRefiner)(head, cfg)
-
-
-def example_inputs(refiner: _StaticRefinerBase, num_images: int = 2, boxes_per_image: int = 3,
-                   image_size: Optional[Tuple[int, int]] = None, channels: Optional[int] = None,
-                   seed: int = 0) -> tuple:
-    """``refiner.example_inputs``: random inputs of ``refiner.forward``; ``image_size`` (H, W): the
-    input image (2D) or the BEV map (3D); None: the refiner's default."""
-    kw: Dict[str, object] = dict(channels=channels, seed=seed)
-    if image_size is not None:
-        kw['image_size'] = image_size
-    return refiner.example_inputs(num_images, boxes_per_image, **kw)
 
 
 def feed_names(refiner: _StaticRefinerBase, inputs: tuple) -> List[str]:
