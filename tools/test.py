@@ -79,6 +79,8 @@ def main() -> None:
         raise SystemExit('--detector-only takes no CHECKPOINT: it loads the config\'s model.detector_checkpoint')
     if not args.detector_only and not args.checkpoint:
         raise SystemExit('give a CHECKPOINT, or --detector-only (which loads the config\'s detector_checkpoint) without one')
+    if args.checkpoint and '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+        raise SystemExit(f'checkpoint {args.checkpoint!r} not found')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
